@@ -1,0 +1,87 @@
+//! Everything kbuild shows the user: status lines, warnings and progress bars.
+//!
+//! Status lines go to stderr as a right-aligned verb and a message, the way
+//! cargo prints them. Progress bars appear only when stderr is a terminal and
+//! `CI` is unset; otherwise long work prints plain log lines.
+
+use std::fmt::Display;
+use std::io::IsTerminal;
+use std::time::Duration;
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+/// True when stderr is a terminal and no CI system is driving kbuild.
+pub fn is_interactive() -> bool {
+    std::io::stderr().is_terminal() && std::env::var_os("CI").is_none()
+}
+
+fn paint(text: &str, ansi: &str) -> String {
+    if is_interactive() {
+        format!("\x1b[{ansi}m{text}\x1b[0m")
+    } else {
+        text.to_string()
+    }
+}
+
+/// Prints one status line, such as `    Building linux-6.1 with -j2`.
+pub fn status(verb: &str, message: impl Display) {
+    eprintln!("{} {message}", paint(&format!("{verb:>12}"), "1;32"));
+}
+
+/// Prints a warning line.
+pub fn warn(message: impl Display) {
+    eprintln!("{} {message}", paint("warning:", "1;33"));
+}
+
+/// Prints an error line followed by its causes.
+pub fn error(error: &anyhow::Error) {
+    eprintln!("{} {error}", paint("error:", "1;31"));
+    for cause in error.chain().skip(1) {
+        eprintln!("  caused by: {cause}");
+    }
+}
+
+/// Prints an indented detail line under the last status line.
+pub fn detail(message: impl Display) {
+    eprintln!("             {message}");
+}
+
+/// Prints a result line to stdout, where scripts read it.
+pub fn result(message: impl Display) {
+    println!("{message}");
+}
+
+/// Creates a progress bar with a known length, hidden when not interactive.
+pub fn bar(length: u64, template: &str) -> ProgressBar {
+    let bar = ProgressBar::with_draw_target(Some(length), draw_target());
+    bar.set_style(
+        ProgressStyle::with_template(template)
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    bar.enable_steady_tick(Duration::from_millis(200));
+    bar
+}
+
+/// Creates a spinner for work of unknown length, hidden when not interactive.
+pub fn spinner(template: &str) -> ProgressBar {
+    let bar = ProgressBar::with_draw_target(None, draw_target());
+    bar.set_style(
+        ProgressStyle::with_template(template).unwrap_or_else(|_| ProgressStyle::default_spinner()),
+    );
+    bar.enable_steady_tick(Duration::from_millis(200));
+    bar
+}
+
+fn draw_target() -> ProgressDrawTarget {
+    if is_interactive() {
+        ProgressDrawTarget::stderr_with_hz(5)
+    } else {
+        ProgressDrawTarget::hidden()
+    }
+}
+
+/// Formats a duration as seconds with one decimal, as status lines show it.
+pub fn seconds(duration: Duration) -> String {
+    format!("{:.1}s", duration.as_secs_f64())
+}
