@@ -3,10 +3,24 @@
 //!
 //! The pipeline, in the order it runs: `project` (the project file),
 //! `source` (the kernel tree), `patch` (syscall table and body), `build`
-//! (config and make), `verify` (boot and check).
+//! (config and make), `verify` (boot and check). `commands` maps each
+//! subcommand onto these steps; `ui` owns what the user sees.
 
+pub mod build;
+pub mod cli;
+pub mod commands;
 pub mod exit;
+pub mod image;
+pub mod logging;
+pub mod patch;
+pub mod host;
+pub mod paths;
+pub mod profile;
 pub mod project;
+pub mod provision;
 pub mod source;
+pub mod ssh;
 pub mod template;
 pub mod ui;
+pub mod verify;
+pub mod vm;

@@ -6,9 +6,21 @@
 
 use std::fmt::Display;
 use std::io::IsTerminal;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+static QUIET: AtomicBool = AtomicBool::new(false);
+
+/// Hides status and detail lines; warnings, errors and results still print.
+pub fn set_quiet(quiet: bool) {
+    QUIET.store(quiet, Ordering::Relaxed);
+}
+
+fn quiet() -> bool {
+    QUIET.load(Ordering::Relaxed)
+}
 
 /// True when stderr is a terminal and no CI system is driving kbuild.
 pub fn is_interactive() -> bool {
@@ -25,6 +37,9 @@ fn paint(text: &str, ansi: &str) -> String {
 
 /// Prints one status line, such as `    Building linux-6.1 with -j2`.
 pub fn status(verb: &str, message: impl Display) {
+    if quiet() {
+        return;
+    }
     eprintln!("{} {message}", paint(&format!("{verb:>12}"), "1;32"));
 }
 
@@ -43,12 +58,20 @@ pub fn error(error: &anyhow::Error) {
 
 /// Prints an indented detail line under the last status line.
 pub fn detail(message: impl Display) {
+    if quiet() {
+        return;
+    }
     eprintln!("             {message}");
 }
 
 /// Prints a result line to stdout, where scripts read it.
 pub fn result(message: impl Display) {
     println!("{message}");
+}
+
+/// Prints a line that a guest command wrote to its stderr.
+pub fn remote_stderr(line: &str) {
+    eprintln!("{line}");
 }
 
 /// Creates a progress bar with a known length, hidden when not interactive.
@@ -74,7 +97,7 @@ pub fn spinner(template: &str) -> ProgressBar {
 }
 
 fn draw_target() -> ProgressDrawTarget {
-    if is_interactive() {
+    if is_interactive() && !quiet() {
         ProgressDrawTarget::stderr_with_hz(5)
     } else {
         ProgressDrawTarget::hidden()

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 
 pub use init::{write_project_file, InitOptions};
+pub(crate) use validate::locate;
 
 use crate::exit::Failure;
 

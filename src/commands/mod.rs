@@ -1,0 +1,93 @@
+//! One function per subcommand; each maps its phases to exit codes.
+
+mod build;
+mod init;
+mod patch;
+mod up;
+mod verify;
+mod vm;
+
+use std::path::PathBuf;
+
+use crate::cli::{Cli, Command};
+use crate::exit::{exit_code_of, ExitCode};
+use crate::project::Project;
+use crate::ui;
+
+/// An error with the exit code of the phase it came from. A `Failure` in
+/// the error's chain overrides that code.
+pub struct CommandError {
+    error: anyhow::Error,
+    phase: ExitCode,
+}
+
+impl From<anyhow::Error> for CommandError {
+    fn from(error: anyhow::Error) -> Self {
+        CommandError {
+            error,
+            phase: ExitCode::Infrastructure,
+        }
+    }
+}
+
+/// Tags a result with the exit code its phase uses for unclassified errors.
+pub trait Phase<T> {
+    fn phase(self, code: ExitCode) -> Result<T, CommandError>;
+}
+
+impl<T> Phase<T> for anyhow::Result<T> {
+    fn phase(self, code: ExitCode) -> Result<T, CommandError> {
+        self.map_err(|error| CommandError { error, phase: code })
+    }
+}
+
+type CommandResult = Result<ExitCode, CommandError>;
+
+/// Runs one command line and returns the process exit code.
+pub fn run(cli: Cli) -> i32 {
+    ui::set_quiet(cli.quiet);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            ui::error(&anyhow::Error::new(error).context("starting the async runtime"));
+            return ExitCode::Infrastructure.code();
+        }
+    };
+    match runtime.block_on(dispatch(cli)) {
+        Ok(code) => code,
+        Err(CommandError { error, phase }) => {
+            ui::error(&error);
+            exit_code_of(&error, phase).code()
+        }
+    }
+}
+
+/// Runs the command and returns the process exit status.
+async fn dispatch(cli: Cli) -> Result<i32, CommandError> {
+    let path = cli.project.clone();
+    let code = match cli.command {
+        Command::Init(args) => init::run(&args),
+        Command::Patch(args) => patch::run(&load(path)?, &args),
+        Command::Build(args) => build::run(&load(path)?, &args).await,
+        Command::PatchAndBuild(args) => build::patch_and_build(&load(path)?, &args).await,
+        Command::Verify(args) => verify::run(&load(path)?, &args).await,
+        Command::Up(args) => up::run(&load(path)?, &args).await,
+        Command::Status => vm::status(&load(path)?).await,
+        Command::Ssh(args) => return vm::ssh(&load(path)?, &args).await,
+        Command::Down(args) => vm::down(&load(path)?, &args).await,
+        Command::Destroy => vm::destroy(&load(path)?).await,
+    }?;
+    Ok(code.code())
+}
+
+fn load(path: Option<PathBuf>) -> Result<Project, CommandError> {
+    let path = match path {
+        Some(path) => path,
+        None => Project::find(&PathBuf::from(".")).phase(ExitCode::Usage)?,
+    };
+    Project::load(&path).phase(ExitCode::Usage)
+}

@@ -1,0 +1,103 @@
+//! Shared set-up for tests that need a real kernel tree: Debian's
+//! linux-source-6.1 tarball, unpacked once into a cache folder outside the
+//! repository and reused between runs.
+#![allow(dead_code)]
+
+use std::fs::File;
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The kernel tarball the tests use; `KBUILD_TEST_TARBALL` overrides it.
+pub fn tarball() -> PathBuf {
+    let path = std::env::var_os("KBUILD_TEST_TARBALL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/usr/src/linux-source-6.1.tar.xz"));
+    assert!(
+        path.is_file(),
+        "kernel tarball {} not found: install it with `sudo scripts/install-host-tools.sh` \
+         (Debian's linux-source-6.1), or set KBUILD_TEST_TARBALL",
+        path.display()
+    );
+    path
+}
+
+/// The cache folder for unpacked trees and ccache; `KBUILD_TEST_CACHE` overrides it.
+pub fn cache_dir() -> PathBuf {
+    let dir = std::env::var_os("KBUILD_TEST_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(default_cache_dir);
+    std::fs::create_dir_all(&dir).expect("creating the test cache folder");
+    dir
+}
+
+fn default_cache_dir() -> PathBuf {
+    if unsafe { libc::geteuid() } == 0 {
+        PathBuf::from("/var/cache/kbuild-test")
+    } else {
+        let home = std::env::var_os("HOME").expect("HOME is not set");
+        PathBuf::from(home).join(".cache/kbuild-test")
+    }
+}
+
+/// Holds an exclusive lock on a file in the cache folder until dropped.
+pub struct CacheLock(File);
+
+pub fn lock_cache(name: &str) -> CacheLock {
+    let path = cache_dir().join(format!("{name}.lock"));
+    let file = File::create(&path).expect("creating the cache lock file");
+    let status = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
+    assert_eq!(status, 0, "locking {}", path.display());
+    CacheLock(file)
+}
+
+/// Returns the pristine tree, unpacking the tarball on first use. The key is
+/// the tarball's name, size and modification time, so a new package version
+/// unpacks anew. Tests must never change this tree: use `work_tree`.
+pub fn pristine_tree() -> PathBuf {
+    let tarball = tarball();
+    let metadata = std::fs::metadata(&tarball).expect("reading tarball metadata");
+    let modified = metadata
+        .modified()
+        .expect("tarball modification time")
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("time after 1970")
+        .as_secs();
+    let name = tarball.file_name().unwrap().to_string_lossy().replace(".tar.xz", "");
+    let key = format!("{name}-{}-{modified}", metadata.len());
+    let tree = cache_dir().join("trees").join(&key);
+
+    let _lock = lock_cache("trees");
+    if tree.join("Makefile").is_file() {
+        return tree;
+    }
+    let staging = cache_dir().join("trees").join(format!(".{key}.unpacking"));
+    let _ = std::fs::remove_dir_all(&staging);
+    std::fs::create_dir_all(&staging).expect("creating the staging folder");
+    run(Command::new("tar")
+        .arg("-xf")
+        .arg(&tarball)
+        .arg("-C")
+        .arg(&staging)
+        .arg("--strip-components=1"));
+    std::fs::rename(&staging, &tree).expect("moving the unpacked tree into place");
+    tree
+}
+
+/// Makes a copy of the pristine tree at `dest` out of hard links: instant,
+/// and safe because kbuild replaces files by rename instead of writing in place.
+pub fn work_tree(dest: &Path) -> PathBuf {
+    let pristine = pristine_tree();
+    run(Command::new("cp").arg("-al").arg(&pristine).arg(dest));
+    dest.to_path_buf()
+}
+
+/// Runs a set-up command and panics with its output if it fails.
+pub fn run(command: &mut Command) {
+    let output = command.output().expect("starting a set-up command");
+    assert!(
+        output.status.success(),
+        "{command:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
