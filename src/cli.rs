@@ -112,11 +112,7 @@ pub struct VerifyArgs {
 }
 
 fn parse_accel(value: &str) -> Result<Accel, String> {
-    match value {
-        "kvm" => Ok(Accel::Kvm),
-        "tcg" => Ok(Accel::Tcg),
-        other => Err(format!("unknown accelerator {other:?}; use kvm or tcg")),
-    }
+    value.parse::<Accel>().map_err(|error| error.to_string())
 }
 
 #[derive(Debug, Args)]

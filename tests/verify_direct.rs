@@ -86,9 +86,10 @@ async fn unpatched_kernel_reports_enosys() {
 }
 
 #[tokio::test]
-async fn string_argument_reaches_kernel() {
-    // Expecting -ENOSYS makes the unpatched kernel pass, which proves that a
-    // string argument compiles and the Passed path works on a real boot.
+async fn string_argument_compiles_and_boots() {
+    // Expecting -ENOSYS makes the unpatched kernel pass. The kernel never reads
+    // the string, so this checks only that the program compiles and boots, and
+    // that a real boot can reach Verdict::Passed.
     let dir = tempfile::tempdir().unwrap();
     let args = r#"{ type = "const char __user *", name = "text" }"#;
     let project = project(
@@ -116,7 +117,12 @@ async fn short_timeout_is_infrastructure_error() {
         ExitCode::Infrastructure
     );
     assert!(message.contains("timed out after 1s"), "{message}");
-    assert!(message.contains("/init never ran"), "{message}");
+    // TCG needed 1.7 s or more to boot this kernel on a 2-core VM, so /init
+    // usually has not run yet, but a faster host may get that far.
+    assert!(
+        message.contains("/init never ran") || message.contains("/init had started"),
+        "{message}"
+    );
     assert!(message.contains("console log: "), "{message}");
 }
 

@@ -19,17 +19,12 @@ pub async fn patch_and_build(project: &Project, args: &BuildArgs) -> CommandResu
 async fn build_tree(project: &Project, tree: &std::path::Path, args: &BuildArgs) -> CommandResult {
     let options = BuildOptions { jobs: args.jobs };
     let built = build::build(project, tree, &options).await.phase(ExitCode::BuildFailed)?;
-    ui::status(
-        "Built",
-        format!(
-            "{} ({}, {} objects, -j{}) in {}",
-            built.image.display(),
-            built.release,
-            built.compiled,
-            built.jobs,
-            ui::seconds(built.elapsed)
-        ),
-    );
+    ui::detail(format!(
+        "image: {} (-j{}, {} objects compiled)",
+        built.image.display(),
+        built.jobs,
+        built.compiled
+    ));
     ui::detail(format!("log: {}", built.log.display()));
     Ok(ExitCode::Passed)
 }

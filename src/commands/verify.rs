@@ -47,7 +47,7 @@ pub async fn run(project: &Project, args: &VerifyArgs) -> CommandResult {
         .await
         .phase(ExitCode::Infrastructure)?;
     let release = report.release.as_deref().unwrap_or("unknown release");
-    let summary = format!("{name} (nr {number}) on {release}, {:?}", report.accel);
+    let summary = format!("{name} (nr {number}) on {release}, {}", report.accel);
     match report.verdict {
         Verdict::Passed { actual } => {
             ui::status("Passed", format!("{summary} in {}", ui::seconds(report.elapsed)));

@@ -96,7 +96,7 @@ pub(crate) fn publish(temporary: &Path, target: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("renaming {} to {}", temporary.display(), target.display()))
 }
 
-/// Deletes a file and its SHA-256 record; a file that is already gone is fine.
+/// Deletes a file and its SHA-256 record, if they exist.
 pub(crate) fn remove_with_record(path: &Path) -> anyhow::Result<()> {
     remove_file_if_present(path)?;
     remove_file_if_present(&record_path(path))

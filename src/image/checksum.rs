@@ -7,7 +7,7 @@
 //! - BSD (`sha256sum --tag`, Fedora's `CHECKSUM`): `SHA256 (NAME) = HEX`.
 //!
 //! Fedora signs its `CHECKSUM` inline with PGP. Lines of the signature block
-//! and the armor headers are skipped; kbuild does not check the signature.
+//! and the armor headers are skipped, because kbuild does not check the signature.
 
 use std::fs::File;
 use std::io::Read;

@@ -10,21 +10,23 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Context};
 use futures_util::StreamExt;
-use reqwest::header::{CONTENT_RANGE, RANGE};
-use reqwest::{Response, StatusCode};
+use reqwest::header::RANGE;
+use reqwest::Response;
 
 use super::checksum::Digests;
 use super::part_file::PartFile;
 use super::progress::DownloadProgress;
+use super::response::{plan, root_cause, status_error, AttemptError, Plan, Recovery};
 use super::FetchOptions;
 use crate::exit::Failure;
 use crate::profile::DigestAlgorithm;
 use crate::ui;
 
-/// Network chunks that may wait for the writer thread; chunks are at most a few hundred KiB.
+/// Maximum network chunks waiting for the writer thread. hyper 1.x reads at most
+/// 408 KiB at once over HTTP/1, so the queue holds at most about 6.5 MiB.
 const CHANNEL_CHUNKS: usize = 16;
 
-/// Longest wait between two attempts on one URL.
+/// Maximum wait between two attempts on one URL.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 /// Fetches files over HTTP(S) with the timeouts and retry policy of `FetchOptions`.
@@ -35,40 +37,10 @@ pub(crate) struct Downloader {
     stall_timeout: Duration,
 }
 
-/// What to do after a failed attempt.
-#[derive(Debug, PartialEq, Eq)]
-enum Next {
-    /// Try the same URL again after a delay, resuming from the bytes already saved.
-    Retry,
-    /// Give up on this URL, for example after a 404.
-    NextMirror,
-    /// Stop the whole download, for example when the disk is full.
-    Abort,
-}
-
-struct AttemptError {
-    error: anyhow::Error,
-    next: Next,
-}
-
-impl AttemptError {
-    fn new(next: Next, error: anyhow::Error) -> AttemptError {
-        AttemptError { error, next }
-    }
-}
-
 /// The part file and its progress display, moved into the writer thread and back.
 struct Sink {
     part: PartFile,
     progress: DownloadProgress,
-}
-
-/// How a response continues the part file.
-enum Plan {
-    /// Append the body; the whole file has `total` bytes if known.
-    Stream { total: Option<u64> },
-    /// The part file already holds the whole file.
-    Complete,
 }
 
 impl Downloader {
@@ -110,7 +82,7 @@ impl Downloader {
                         error
                     }
                 },
-                Err(attempt) if attempt.next == Next::Abort => return Err(attempt.error),
+                Err(attempt) if attempt.next == Recovery::Abort => return Err(attempt.error),
                 Err(attempt) => attempt.error,
             };
             ui::warn(format!("downloading {url} failed: {error:#}"));
@@ -145,7 +117,7 @@ impl Downloader {
             sink = returned;
             let error = match result {
                 Ok(()) => break,
-                Err(error) if error.next != Next::Retry => return Err(error),
+                Err(error) if error.next != Recovery::Retry => return Err(error),
                 Err(error) => error,
             };
             // A cut connection that delivered data resets the count, so a long
@@ -160,7 +132,7 @@ impl Downloader {
                 let error = error
                     .error
                     .context(format!("gave up after {attempts} attempts"));
-                return Err(AttemptError::new(Next::NextMirror, error));
+                return Err(AttemptError::new(Recovery::NextMirror, error));
             }
             let delay = self.delay(failures);
             ui::warn(format!(
@@ -172,9 +144,7 @@ impl Downloader {
             tokio::time::sleep(delay).await;
         }
         sink.progress.finish();
-        sink.part
-            .finish()
-            .map_err(|error| AttemptError::new(Next::Abort, error))
+        Ok(sink.part.finish())
     }
 
     fn delay(&self, failures: u32) -> Duration {
@@ -184,7 +154,7 @@ impl Downloader {
 
     /// Makes one request and streams its body into the sink.
     ///
-    /// The outer error means the writer thread was lost; the sink is gone then.
+    /// The outer error means the writer thread was lost, and the sink with it.
     async fn attempt(
         &self,
         url: &str,
@@ -210,9 +180,9 @@ impl Downloader {
         tracing::debug!("GET {url} from byte {offset}");
         request.send().await.map_err(|error| {
             let next = if error.is_builder() {
-                Next::NextMirror
+                Recovery::NextMirror
             } else {
-                Next::Retry
+                Recovery::Retry
             };
             AttemptError::new(
                 next,
@@ -249,7 +219,7 @@ impl Downloader {
         drop(sender);
         let (sink, written) = writer.await.map_err(|error| {
             AttemptError::new(
-                Next::Abort,
+                Recovery::Abort,
                 anyhow!(error).context("the download writer thread failed"),
             )
         })?;
@@ -266,7 +236,7 @@ impl Downloader {
         network: Result<(), reqwest::Error>,
     ) -> Result<(), AttemptError> {
         if let Err(error) = written {
-            return Err(AttemptError::new(Next::Abort, error));
+            return Err(AttemptError::new(Recovery::Abort, error));
         }
         let received = part.len();
         if let Err(error) = network {
@@ -278,11 +248,11 @@ impl Downloader {
                     root_cause(&error)
                 )
             };
-            return Err(AttemptError::new(Next::Retry, error));
+            return Err(AttemptError::new(Recovery::Retry, error));
         }
         match total {
             Some(total) if received != total => Err(AttemptError::new(
-                Next::Retry,
+                Recovery::Retry,
                 anyhow!("{url} closed the connection at byte {received} of {total}"),
             )),
             _ => Ok(()),
@@ -295,7 +265,7 @@ impl Downloader {
         loop {
             let error = match self.fetch_text_once(url, max_bytes).await {
                 Ok(text) => return Ok(text),
-                Err(error) if error.next != Next::Retry => return Err(error.error),
+                Err(error) if error.next != Recovery::Retry => return Err(error.error),
                 Err(error) => error.error,
             };
             failures += 1;
@@ -318,7 +288,7 @@ impl Downloader {
         while let Some(item) = stream.next().await {
             let chunk = item.map_err(|error| {
                 AttemptError::new(
-                    Next::Retry,
+                    Recovery::Retry,
                     anyhow!("reading {url} failed: {}", root_cause(&error)),
                 )
             })?;
@@ -326,11 +296,12 @@ impl Downloader {
             if body.len() > max_bytes {
                 let error =
                     anyhow!("{url} is larger than {max_bytes} bytes; is it really a sums file?");
-                return Err(AttemptError::new(Next::NextMirror, error));
+                return Err(AttemptError::new(Recovery::NextMirror, error));
             }
         }
-        String::from_utf8(body)
-            .map_err(|_| AttemptError::new(Next::NextMirror, anyhow!("{url} is not UTF-8 text")))
+        String::from_utf8(body).map_err(|_| {
+            AttemptError::new(Recovery::NextMirror, anyhow!("{url} is not UTF-8 text"))
+        })
     }
 }
 
@@ -347,8 +318,7 @@ fn spawn_writer<T: AsRef<[u8]> + Send + 'static>(
             }
             sink.progress.advance(chunk.len() as u64);
         }
-        let flushed = sink.part.flush();
-        (sink, flushed)
+        (sink, Ok(()))
     })
 }
 
@@ -359,133 +329,13 @@ async fn open_part(path: &Path, extra: Option<DigestAlgorithm>) -> Result<PartFi
         .context("hashing the partial download");
     match opened {
         Ok(Ok(part)) => Ok(part),
-        Ok(Err(error)) | Err(error) => Err(AttemptError::new(Next::Abort, error)),
+        Ok(Err(error)) | Err(error) => Err(AttemptError::new(Recovery::Abort, error)),
     }
-}
-
-/// Decides from the status and `Content-Range` how the body continues the part file.
-///
-/// Only a 206 whose range starts exactly at the part's length is appended. A
-/// 200 restarts the file, because the server ignored the range request.
-fn plan(url: &str, response: &Response, part: &mut PartFile) -> Result<Plan, AttemptError> {
-    let offset = part.len();
-    let restart = |part: &mut PartFile| {
-        part.restart()
-            .map_err(|error| AttemptError::new(Next::Abort, error))
-    };
-    let content_range = response
-        .headers()
-        .get(CONTENT_RANGE)
-        .and_then(|value| value.to_str().ok())
-        .unwrap_or("");
-    match response.status() {
-        StatusCode::OK => {
-            if offset > 0 {
-                ui::detail(format!(
-                    "{url} ignored the range request; downloading from the start"
-                ));
-                restart(part)?;
-            }
-            Ok(Plan::Stream {
-                total: response.content_length(),
-            })
-        }
-        StatusCode::PARTIAL_CONTENT => match parse_content_range(content_range) {
-            Some((start, total)) if start == offset => Ok(Plan::Stream { total }),
-            _ => {
-                restart(part)?;
-                let error = anyhow!(
-                    "{url} answered a request for bytes {offset}- with Content-Range \
-                     {content_range:?}; starting over"
-                );
-                Err(AttemptError::new(Next::Retry, error))
-            }
-        },
-        StatusCode::RANGE_NOT_SATISFIABLE => {
-            if parse_unsatisfied_range(content_range) == Some(offset) {
-                return Ok(Plan::Complete);
-            }
-            restart(part)?;
-            let error =
-                anyhow!("{url} cannot resume at byte {offset} ({content_range:?}); starting over");
-            Err(AttemptError::new(Next::Retry, error))
-        }
-        status => Err(status_error(url, status)),
-    }
-}
-
-/// Returns the innermost cause of a reqwest error, such as "Connection refused
-/// (os error 111)", because reqwest's own message repeats the URL in each layer.
-fn root_cause(error: &reqwest::Error) -> String {
-    let mut cause: &dyn std::error::Error = error;
-    while let Some(source) = cause.source() {
-        cause = source;
-    }
-    cause.to_string()
-}
-
-fn status_error(url: &str, status: StatusCode) -> AttemptError {
-    let transient = status.is_server_error()
-        || status == StatusCode::REQUEST_TIMEOUT
-        || status == StatusCode::TOO_MANY_REQUESTS;
-    let next = if transient {
-        Next::Retry
-    } else {
-        Next::NextMirror
-    };
-    AttemptError::new(next, anyhow!("HTTP {status} from {url}"))
-}
-
-/// Parses `bytes START-END/TOTAL` (TOTAL may be `*`) into START and TOTAL.
-fn parse_content_range(value: &str) -> Option<(u64, Option<u64>)> {
-    let (range, total) = value.trim().strip_prefix("bytes ")?.split_once('/')?;
-    let (start, end) = range.split_once('-')?;
-    let start: u64 = start.trim().parse().ok()?;
-    let end: u64 = end.trim().parse().ok()?;
-    if end < start {
-        return None;
-    }
-    let total = match total.trim() {
-        "*" => None,
-        number => Some(number.parse().ok()?),
-    };
-    Some((start, total))
-}
-
-/// Parses the `bytes */TOTAL` of a 416 response into TOTAL.
-fn parse_unsatisfied_range(value: &str) -> Option<u64> {
-    value.trim().strip_prefix("bytes */")?.trim().parse().ok()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn content_range_with_total() {
-        assert_eq!(
-            parse_content_range("bytes 100-199/200"),
-            Some((100, Some(200)))
-        );
-    }
-
-    #[test]
-    fn content_range_unknown_total() {
-        assert_eq!(parse_content_range("bytes 5-9/*"), Some((5, None)));
-    }
-
-    #[test]
-    fn content_range_malformed() {
-        assert_eq!(parse_content_range("bytes 9-5/10"), None);
-        assert_eq!(parse_content_range("items 0-5/10"), None);
-        assert_eq!(parse_content_range(""), None);
-    }
-
-    #[test]
-    fn unsatisfied_range_total() {
-        assert_eq!(parse_unsatisfied_range("bytes */4096"), Some(4096));
-        assert_eq!(parse_unsatisfied_range("bytes 0-1/2"), None);
-    }
 
     #[test]
     fn delay_doubles_and_caps() {
@@ -497,18 +347,5 @@ mod tests {
         assert_eq!(downloader.delay(1), Duration::from_secs(1));
         assert_eq!(downloader.delay(3), Duration::from_secs(4));
         assert_eq!(downloader.delay(40), MAX_BACKOFF);
-    }
-
-    #[test]
-    fn status_404_moves_on() {
-        let error = status_error("http://127.0.0.1/x", StatusCode::NOT_FOUND);
-        assert_eq!(error.next, Next::NextMirror);
-        assert!(error.error.to_string().contains("404"));
-    }
-
-    #[test]
-    fn status_503_retries() {
-        let error = status_error("http://127.0.0.1/x", StatusCode::SERVICE_UNAVAILABLE);
-        assert_eq!(error.next, Next::Retry);
     }
 }

@@ -8,10 +8,10 @@ use anyhow::{anyhow, Context};
 
 use crate::exit::Failure;
 
-/// Read size while copying an entry; also the granularity of hole detection.
+/// Read size while copying an entry, and the granularity of hole detection.
 const COPY_BUFFER: usize = 1 << 20;
 
-/// Why unpacking failed.
+/// Failure of an unpack, split by whether a new download can help.
 #[derive(Debug)]
 pub(crate) enum UnpackError {
     /// The archive cannot be read to its end: truncated, or a CRC or format
@@ -106,7 +106,7 @@ fn escape_error(archive: &str, entry: &str, reason: &str) -> UnpackError {
 
 /// Copies an entry's data to `path` and returns the bytes copied.
 ///
-/// Read errors mean a damaged archive; write errors are local. Blocks of
+/// Read errors mean a damaged archive, and write errors are local ones. Blocks of
 /// zeros become holes, so a mostly empty raw disk stays small on disk.
 pub(crate) fn copy_entry(
     archive: &str,
@@ -193,7 +193,7 @@ mod tests {
     fn destination_error_names_entry() {
         let error = destination(Path::new("/s"), "a.tar", "../evil").unwrap_err();
         let UnpackError::Other(error) = error else {
-            panic!("an escaping entry counts as a damaged archive");
+            panic!("an escaping entry was reported as a damaged archive");
         };
         let message = error.to_string();
         assert!(message.contains("\"../evil\""), "{message}");

@@ -13,7 +13,7 @@ use crate::exit::Failure;
 use crate::profile::{ChecksumSource, Digest, ImageSpec};
 use crate::ui;
 
-/// Maximum size of a sums file; real ones are a few KiB.
+/// Maximum size of a sums file. Real ones are a few KiB.
 const MAX_SUMS_BYTES: usize = 4 << 20;
 
 /// Returns the file name a URL downloads to, which sums files are matched against.

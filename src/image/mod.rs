@@ -14,6 +14,7 @@ mod entries;
 mod expected;
 mod part_file;
 mod progress;
+mod response;
 mod unpack;
 
 use std::path::{Path, PathBuf};
@@ -33,7 +34,7 @@ use crate::exit::Failure;
 use crate::profile::{Archive, Digest, DiskFormat, ImageSpec};
 use crate::ui;
 
-/// How `fetch_image` downloads.
+/// Download settings for `fetch_image`.
 #[derive(Clone, Debug)]
 pub struct FetchOptions {
     /// Accept an image whose profile has no checksum, after a warning.
@@ -62,7 +63,7 @@ impl Default for FetchOptions {
     }
 }
 
-/// A pristine disk image in the cache. Its file is read-only; boot a copy or an overlay.
+/// A pristine disk image in the cache. Its file is read-only, so boot a copy or an overlay.
 #[derive(Clone, Debug)]
 pub struct CachedImage {
     pub path: PathBuf,
@@ -233,11 +234,17 @@ impl Fetch<'_> {
         let download = self.dir.download(&self.name);
         let name = self.name.clone();
         let archive = self.image.archive;
-        let wanted = self.image.file.clone();
+        let file_in_archive = self.image.file.clone();
         let staging = self.dir.staging();
         let disk = disk.to_path_buf();
         let task = tokio::task::spawn_blocking(move || {
-            let chosen = unpack::unpack(&download, &name, archive, wanted.as_deref(), &staging)?;
+            let chosen = unpack::unpack(
+                &download,
+                &name,
+                archive,
+                file_in_archive.as_deref(),
+                &staging,
+            )?;
             publish_disk(&chosen, &disk).map_err(UnpackError::Other)?;
             if let Err(error) = std::fs::remove_dir_all(&staging) {
                 tracing::debug!("cannot delete {}: {error}", staging.display());

@@ -39,7 +39,7 @@ impl DownloadProgress {
         }
     }
 
-    /// Sets the file's full size, once a response has told it, and the bytes already present.
+    /// Sets the file's full size, once a response has given it, and the bytes already present.
     pub fn start(&mut self, total: Option<u64>, position: u64) {
         self.total = total;
         self.position = position;

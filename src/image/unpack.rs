@@ -24,12 +24,12 @@ const MAX_LISTED: usize = 20;
 /// Unpacks `download` into `staging` and returns the path of the disk image in it.
 ///
 /// `name` is the download's file name, used for messages and to name the
-/// output of a single compressed file. `wanted` is the profile's `file`.
+/// output of a single compressed file. `file_in_archive` is the profile's `file`.
 pub(crate) fn unpack(
     download: &Path,
     name: &str,
     archive: Archive,
-    wanted: Option<&str>,
+    file_in_archive: Option<&str>,
     staging: &Path,
 ) -> Result<PathBuf, UnpackError> {
     if archive == Archive::None {
@@ -61,7 +61,7 @@ pub(crate) fn unpack(
             decompress(decoder, name, &["xz", "txz"], staging)?
         }
     };
-    let chosen = choose_disk(name, &files, wanted, single).map_err(other)?;
+    let chosen = choose_disk(name, &files, file_in_archive, single).map_err(other)?;
     Ok(staging.join(chosen))
 }
 
@@ -108,6 +108,9 @@ fn strip_suffix_ignore_case<'a>(name: &'a str, suffix: &str) -> Option<&'a str> 
     tail.eq_ignore_ascii_case(suffix).then_some(stem)
 }
 
+// NOTE: a tar cut exactly between two entries reads as a shorter valid tar,
+// because tar-rs treats end of input at an entry boundary as the end. A lost
+// disk image then shows up as "no disk image" rather than as damage.
 fn untar(reader: impl Read, name: &str, staging: &Path) -> Result<Vec<String>, UnpackError> {
     let mut archive = tar::Archive::new(reader);
     let mut files = Vec::new();
@@ -229,29 +232,29 @@ fn create_dir(path: &Path) -> Result<(), UnpackError> {
 
 /// Picks the disk image among the unpacked `files`.
 ///
-/// `wanted` matches a whole path or a file name. Without it, the one file
+/// `file_in_archive` matches a whole path or a file name. Without it, the one file
 /// with a disk extension wins. The only file of a plain `.gz` or `.xz`
 /// (`single`) is the disk whatever its name.
 fn choose_disk(
     archive: &str,
     files: &[String],
-    wanted: Option<&str>,
+    file_in_archive: Option<&str>,
     single: bool,
 ) -> anyhow::Result<String> {
-    if let Some(wanted) = wanted {
+    if let Some(file_in_archive) = file_in_archive {
         let matches: Vec<&String> = files
             .iter()
-            .filter(|file| file.as_str() == wanted || file_name(file) == wanted)
+            .filter(|file| file.as_str() == file_in_archive || file_name(file) == file_in_archive)
             .collect();
         return match matches.as_slice() {
             [one] => Ok(one.to_string()),
             [] => Err(Failure::usage(format!(
-                "archive {archive} has no file {wanted:?}; it contains {}; \
+                "archive {archive} has no file {file_in_archive:?}; it contains {}; \
                  set `file` in the profile's [image] table to one of them",
                 list(files)
             ))),
             _ => Err(Failure::usage(format!(
-                "archive {archive} has several files named {wanted:?}: {}; \
+                "archive {archive} has several files named {file_in_archive:?}: {}; \
                  set `file` in the profile's [image] table to the full path of one",
                 list(&matches)
             ))),
@@ -292,8 +295,8 @@ fn list<S: AsRef<str>>(names: &[S]) -> String {
     if names.is_empty() {
         return "no files".to_string();
     }
-    let shown: Vec<&str> = names.iter().take(MAX_LISTED).map(AsRef::as_ref).collect();
-    let mut text = shown.join(", ");
+    let listed: Vec<&str> = names.iter().take(MAX_LISTED).map(AsRef::as_ref).collect();
+    let mut text = listed.join(", ");
     if names.len() > MAX_LISTED {
         text.push_str(&format!(" and {} more", names.len() - MAX_LISTED));
     }

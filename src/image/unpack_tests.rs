@@ -32,20 +32,20 @@ fn case(file_name: &str) -> Case {
 }
 
 impl Case {
-    fn unpack(&self, kind: Archive, wanted: Option<&str>) -> Result<PathBuf, UnpackError> {
+    fn unpack(&self, kind: Archive, file_in_archive: Option<&str>) -> Result<PathBuf, UnpackError> {
         let name = self.archive.file_name().unwrap().to_str().unwrap();
-        unpack(&self.archive, name, kind, wanted, &self.staging)
+        unpack(&self.archive, name, kind, file_in_archive, &self.staging)
     }
 
-    fn unpack_ok(&self, kind: Archive, wanted: Option<&str>) -> PathBuf {
-        match self.unpack(kind, wanted) {
+    fn unpack_ok(&self, kind: Archive, file_in_archive: Option<&str>) -> PathBuf {
+        match self.unpack(kind, file_in_archive) {
             Ok(path) => path,
             Err(UnpackError::Damaged(error) | UnpackError::Other(error)) => panic!("{error:#}"),
         }
     }
 
-    fn unpack_message(&self, kind: Archive, wanted: Option<&str>) -> String {
-        match self.unpack(kind, wanted) {
+    fn unpack_message(&self, kind: Archive, file_in_archive: Option<&str>) -> String {
+        match self.unpack(kind, file_in_archive) {
             Ok(path) => panic!("unpacking succeeded with {}", path.display()),
             Err(UnpackError::Other(error)) => format!("{error:#}"),
             Err(UnpackError::Damaged(error)) => panic!("reported as damaged: {error:#}"),
@@ -187,7 +187,7 @@ fn unpack_ova_picks_vmdk() {
 }
 
 #[test]
-fn unpack_wanted_file_chosen() {
+fn unpack_file_in_archive_file_chosen() {
     let case = case("two.zip");
     let zip = zip_bytes(&[("a/disk.qcow2", b"first"), ("b/disk.qcow2", b"second")]);
     std::fs::write(&case.archive, zip).unwrap();
@@ -219,7 +219,7 @@ fn unpack_no_disk_listed() {
 }
 
 #[test]
-fn unpack_wanted_missing_listed() {
+fn unpack_file_in_archive_missing_listed() {
     let case = case("image.zip");
     std::fs::write(&case.archive, zip_bytes(&[("disk.img", b"d")])).unwrap();
     let message = case.unpack_message(Archive::Zip, Some("other.vdi"));

@@ -120,12 +120,7 @@ pub async fn verify_direct(
         )));
     }
 
-    let verify_dir = project.state_dir().join("verify");
-    let source = render_test_program(project, number)?;
-    let init = test_program::compile(&source, &verify_dir).await?;
-    let initramfs = verify_dir.join("initramfs.cpio.gz");
-    initramfs::write_initramfs(&init, &initramfs)?;
-
+    let initramfs = prepare_initramfs(project, number).await?;
     let accel = choose_accel(options.accel, qemu).await;
     let deadline = options
         .timeout
@@ -154,6 +149,16 @@ pub async fn verify_direct(
         }),
         outcome => Err(boot_failure(outcome, &run, &console_log, deadline, accel)),
     }
+}
+
+/// Compiles the test program and packs it into the initramfs, returning its path.
+async fn prepare_initramfs(project: &Project, number: u32) -> anyhow::Result<PathBuf> {
+    let verify_dir = project.state_dir().join("verify");
+    let source = render_test_program(project, number)?;
+    let init = test_program::compile(&source, &verify_dir).await?;
+    let initramfs = verify_dir.join("initramfs.cpio.gz");
+    initramfs::write_initramfs(&init, &initramfs)?;
+    Ok(initramfs)
 }
 
 /// Builds the infrastructure error for a boot that reached no verdict.

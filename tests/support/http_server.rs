@@ -1,9 +1,9 @@
 //! A small HTTP/1.1 file server on 127.0.0.1 for download tests.
 //!
-//! It answers GET with Content-Length, honours `Range: bytes=N-` with 206 and
+//! It responds to GET with Content-Length, honours `Range: bytes=N-` with 206 and
 //! Content-Range (or 416), and closes each connection after one response.
 //! Each path can misbehave on purpose: ignore ranges, cut the connection
-//! once, stall once, answer with a fixed status, or serve slowly. Every
+//! once, stall once, respond with a fixed status, or serve slowly. Every
 //! request is logged with its Range header and the body bytes sent.
 #![allow(dead_code)]
 
@@ -36,13 +36,13 @@ impl Body {
 /// Ways a path can misbehave. One-shot faults apply to the next request only.
 #[derive(Clone, Default)]
 pub struct Behaviour {
-    /// Answer every request with 200 and the whole body, ignoring Range.
+    /// Respond to every request with 200 and the whole body, ignoring Range.
     pub ignore_range: bool,
     /// Close the connection after this many body bytes, once.
     pub cut_after: Option<u64>,
     /// Send this many body bytes, then go silent for the duration, once.
     pub stall_after: Option<(u64, Duration)>,
-    /// Answer every request with this status and no file.
+    /// Respond to every request with this status and no file.
     pub status: Option<u16>,
     /// Write the body in chunks of this size with a pause after each.
     pub slow: Option<(usize, Duration)>,
@@ -143,7 +143,7 @@ impl HttpServer {
 impl Drop for HttpServer {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
-        // Wakes the accept call so the loop sees the flag.
+        // Wakes the accept call so the loop reads the flag.
         let _ = TcpStream::connect(self.address);
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
@@ -217,6 +217,13 @@ fn plan(state: &Mutex<State>, head: &Head) -> Reply {
         .unwrap_or_default();
     let once = state.once.get_mut(&head.path).and_then(VecDeque::pop_front);
     let body = once.or_else(|| state.bodies.get(&head.path).cloned());
+
+    // One-shot faults apply to this request only.
+    if let Some(entry) = state.behaviours.get_mut(&head.path) {
+        entry.cut_after = None;
+        entry.stall_after = None;
+    }
+
     let mut reply = Reply {
         status: 404,
         body: None,
@@ -226,15 +233,12 @@ fn plan(state: &Mutex<State>, head: &Head) -> Reply {
         stall_after: behaviour.stall_after,
         slow: behaviour.slow,
     };
-    if let Some(entry) = state.behaviours.get_mut(&head.path) {
-        entry.cut_after = None;
-        entry.stall_after = None;
-    }
     if let Some(status) = behaviour.status {
         reply.status = status;
         return reply;
     }
     let Some(body) = body else { return reply };
+
     reply.total = body.len();
     reply.status = 200;
     let start = head
@@ -254,19 +258,44 @@ fn plan(state: &Mutex<State>, head: &Head) -> Reply {
 fn handle(mut stream: TcpStream, state: &Mutex<State>) -> std::io::Result<()> {
     let head = read_head(&stream)?;
     let reply = plan(state, &head);
-    let mut sent = 0u64;
+    let index = {
+        let mut locked = state.lock().unwrap();
+        locked.log.push(Request {
+            path: head.path,
+            range: head.range,
+            status: reply.status,
+            body_bytes: 0,
+        });
+        locked.log.len() - 1
+    };
+    let mut sent = Sent {
+        state,
+        index,
+        bytes: 0,
+    };
     let result = write_reply(&mut stream, &reply, &mut sent);
-    state.lock().unwrap().log.push(Request {
-        path: head.path,
-        range: head.range,
-        status: reply.status,
-        body_bytes: sent,
-    });
     let _ = stream.shutdown(std::net::Shutdown::Both);
     result
 }
 
-fn write_reply(stream: &mut TcpStream, reply: &Reply, sent: &mut u64) -> std::io::Result<()> {
+/// Body bytes of one logged request. They are counted before each write, so
+/// a client that has received them always finds them in the log.
+struct Sent<'a> {
+    state: &'a Mutex<State>,
+    index: usize,
+    bytes: u64,
+}
+
+impl Sent<'_> {
+    fn add(&mut self, count: u64) {
+        self.bytes += count;
+        if let Some(request) = self.state.lock().unwrap().log.get_mut(self.index) {
+            request.body_bytes = self.bytes;
+        }
+    }
+}
+
+fn write_reply(stream: &mut TcpStream, reply: &Reply, sent: &mut Sent) -> std::io::Result<()> {
     let reason = match reply.status {
         200 => "OK",
         206 => "Partial Content",
@@ -313,7 +342,7 @@ fn write_body(
     body: &Body,
     reply: &Reply,
     length: u64,
-    sent: &mut u64,
+    sent: &mut Sent,
 ) -> std::io::Result<()> {
     let mut file = match body {
         Body::File(path) => {
@@ -327,15 +356,15 @@ fn write_body(
     let chunk_size = reply.slow.map_or(256 * 1024, |(size, _)| size);
     let mut buffer = vec![0u8; chunk_size];
     let mut stall = reply.stall_after;
-    while *sent < limit {
-        let mut want = buffer.len().min((limit - *sent) as usize);
+    while sent.bytes < limit {
+        let mut want = buffer.len().min((limit - sent.bytes) as usize);
         if let Some((after, _)) = stall {
-            want = want.min(after.saturating_sub(*sent).max(1) as usize);
+            want = want.min(after.saturating_sub(sent.bytes).max(1) as usize);
         }
         let count = match (&mut file, body) {
             (Some(file), _) => file.read(&mut buffer[..want])?,
             (None, Body::Bytes(bytes)) => {
-                let from = (reply.start + *sent) as usize;
+                let from = (reply.start + sent.bytes) as usize;
                 buffer[..want].copy_from_slice(&bytes[from..from + want]);
                 want
             }
@@ -344,10 +373,10 @@ fn write_body(
         if count == 0 {
             break;
         }
+        sent.add(count as u64);
         stream.write_all(&buffer[..count])?;
-        *sent += count as u64;
         if let Some((after, pause)) = stall {
-            if *sent >= after {
+            if sent.bytes >= after {
                 stall = None;
                 stream.flush()?;
                 std::thread::sleep(pause);
