@@ -40,7 +40,7 @@ impl fmt::Display for Failure {
 }
 
 impl Failure {
-    pub fn new(code: ExitCode, message: impl Into<String>) -> anyhow::Error {
+    pub fn error(code: ExitCode, message: impl Into<String>) -> anyhow::Error {
         anyhow::Error::new(Failure {
             code,
             message: message.into(),
@@ -48,15 +48,15 @@ impl Failure {
     }
 
     pub fn usage(message: impl Into<String>) -> anyhow::Error {
-        Self::new(ExitCode::Usage, message)
+        Self::error(ExitCode::Usage, message)
     }
 
     pub fn build(message: impl Into<String>) -> anyhow::Error {
-        Self::new(ExitCode::BuildFailed, message)
+        Self::error(ExitCode::BuildFailed, message)
     }
 
     pub fn infrastructure(message: impl Into<String>) -> anyhow::Error {
-        Self::new(ExitCode::Infrastructure, message)
+        Self::error(ExitCode::Infrastructure, message)
     }
 }
 

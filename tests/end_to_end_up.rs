@@ -81,9 +81,9 @@ struct Kbuild {
 impl Kbuild {
     fn run(&self, args: &[&str]) -> Output {
         let output = Command::new(env!("CARGO_BIN_EXE_kbuild"))
-            .args(args)
             .arg("--project")
             .arg(&self.project)
+            .args(args)
             .env("CI", "true")
             .env("HOME", &self.home)
             .env("KBUILD_CACHE_DIR", self.home.join("cache"))
@@ -117,6 +117,18 @@ fn qemu_processes(dir: &Path) -> Vec<u32> {
             !zombie && text(&cmdline).contains(&needle) && text(&cmdline).contains("qemu-system")
         })
         .collect()
+}
+
+/// Kills the QEMU processes of a VM folder when dropped, so a failed test
+/// leaves no VM running.
+struct VmGuard(PathBuf);
+
+impl Drop for VmGuard {
+    fn drop(&mut self) {
+        for pid in qemu_processes(&self.0) {
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        }
+    }
 }
 
 fn port_listens(port: u16) -> bool {
@@ -157,6 +169,8 @@ fn up_ssh_down_destroy_on_debian_12() {
     let home = work.path().join("home");
     std::fs::create_dir_all(&home).unwrap();
     let kbuild = Kbuild { project, home };
+    let vm_dir = project_dir.join(".kbuild/vm");
+    let _guard = VmGuard(vm_dir.clone());
 
     let up = kbuild.run(&["up", "--accel", "tcg"]);
     assert_eq!(up.status.code(), Some(0), "first up failed");
@@ -181,7 +195,6 @@ fn up_ssh_down_destroy_on_debian_12() {
     let code = kbuild.run(&["ssh", "--", "sh", "-c", "exit 7"]);
     assert_eq!(code.status.code(), Some(7), "remote exit code not passed through");
 
-    let vm_dir = project_dir.join(".kbuild/vm");
     assert_eq!(qemu_processes(&vm_dir).len(), 1, "expected one QEMU");
     let down = kbuild.run(&["down"]);
     assert_eq!(down.status.code(), Some(0), "down failed");

@@ -238,7 +238,7 @@ fn fragment_file_name(index: usize, name: &str) -> String {
 
 /// Compares the final `.config` with every option the fragments requested.
 /// A lost option of the boot fragment is an error, because the kernel would
-/// not boot; any other lost option is a warning.
+/// not boot. Any other lost option is a warning.
 fn check_requests(fragments: &[Fragment], build_dir: &Path) -> anyhow::Result<()> {
     let config_path = build_dir.join(".config");
     let config = std::fs::read_to_string(&config_path)

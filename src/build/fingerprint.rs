@@ -14,7 +14,7 @@ pub const FILE_NAME: &str = ".kbuild-config.sha256";
 pub struct ConfigInputs<'a> {
     /// `defconfig`, `tinyconfig`, `running` or `file`.
     pub base_kind: &'a str,
-    /// The base config's text; empty for make targets.
+    /// The base config's text, empty for make targets.
     pub base_text: &'a [u8],
     /// Each fragment's name and text, in merge order.
     pub fragments: &'a [(String, String)],
@@ -43,7 +43,7 @@ pub fn fingerprint(inputs: &ConfigInputs) -> String {
     digest.iter().map(|byte| format!("{byte:02x}")).collect()
 }
 
-/// Reads the stored fingerprint; `None` when there is none.
+/// Reads the stored fingerprint, or `None` when there is none.
 pub fn read(build_dir: &Path) -> Option<String> {
     let text = std::fs::read_to_string(build_dir.join(FILE_NAME)).ok()?;
     Some(text.trim().to_string())

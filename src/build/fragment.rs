@@ -9,7 +9,7 @@ use std::fmt;
 pub struct Request {
     /// Symbol name with its `CONFIG_` prefix.
     pub name: String,
-    /// The value, as written after `=`; `None` for `# CONFIG_X is not set` or `=n`.
+    /// The value as written after `=`, or `None` for `# CONFIG_X is not set` and `=n`.
     pub value: Option<String>,
     /// The fragment that requested it, as `crate::template::describe` names it.
     pub fragment: String,
@@ -75,7 +75,7 @@ pub fn merge_requests(requests: impl IntoIterator<Item = Request>) -> Vec<Reques
     merged
 }
 
-/// Parses a `.config` into option name and value; not-set options map to `None`.
+/// Parses a `.config` into option names and values, with `None` for a not-set option.
 pub fn parse_config(text: &str) -> HashMap<&str, Option<&str>> {
     text.lines().filter_map(parse_line).collect()
 }

@@ -1,8 +1,8 @@
 //! Turns a failed make's output into an error message: the first error lines
 //! and one hint for each known cause.
 //!
-//! Make runs with `LC_ALL=C`, so gcc and ld quote names as `name' in ASCII;
-//! the matchers also accept the Unicode quotes of a UTF-8 locale.
+//! Make runs with `LC_ALL=C`, so gcc and ld quote names as `name' in ASCII.
+//! The matchers also accept the Unicode quotes of a UTF-8 locale.
 
 use std::path::Path;
 

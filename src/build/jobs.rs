@@ -13,7 +13,7 @@ use crate::project::Project;
 /// size" of 168 MB for `kernel/sched/core.o` and 195 MB for `net/core/dev.o`,
 /// and 208 MB and 253 MB with `CONFIG_DEBUG_INFO` on, as distro configs have.
 /// A whole tinyconfig build peaked at 171 MB. 512 MiB is twice the largest
-/// figure, which leaves room for larger files; the final link runs alone.
+/// figure, which leaves room for larger files. The final link runs alone.
 pub const PER_JOB_BYTES: u64 = 512 * 1024 * 1024;
 
 /// Computes `make -j` from CPUs and memory: one job per CPU, but no more jobs

@@ -21,7 +21,7 @@ pub struct Make {
     pub build_dir: PathBuf,
     /// The `ARCH=` value.
     pub arch: &'static str,
-    /// The `CC=` value, such as `ccache gcc`; `None` keeps the kernel's default.
+    /// The `CC=` value, such as `ccache gcc`, or `None` for the kernel's default.
     pub cc: Option<String>,
 }
 
@@ -98,7 +98,7 @@ where
     let mut child = command
         .spawn()
         .map_err(|error| spawn_error(&command, error))?;
-    // The command holds the pipe's write ends; drop them so the reader sees
+    // The command holds the pipe's write ends. Dropping them lets the reader see
     // end of file when the child exits.
     drop(command);
 

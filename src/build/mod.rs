@@ -31,7 +31,7 @@ const OBJECT_COUNT_FILE: &str = ".kbuild-objects";
 /// Settings from the command line that override the project file.
 #[derive(Debug, Clone, Default)]
 pub struct BuildOptions {
-    /// `make -jN`; overrides `[build] jobs`.
+    /// `make -jN`, which overrides `[build] jobs`.
     pub jobs: Option<u32>,
 }
 
@@ -259,7 +259,7 @@ fn write_atomically(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
 mod tests {
     use super::*;
 
-    /// The pristine kernel tree of the development machines; tests that need
+    /// The pristine kernel tree of the development machines. Tests that need
     /// it return early when it is missing.
     pub const PRISTINE_TREE: &str = "/var/cache/kbuild-dev/linux-source-6.1";
 

@@ -33,7 +33,7 @@ pub fn object_of(line: &[u8]) -> Option<&[u8]> {
     (!path.is_empty()).then_some(path)
 }
 
-/// Counts object lines and updates the display; runs on the output thread.
+/// Counts object lines and updates the display, on the thread that reads make's output.
 pub struct Tracker {
     count: Arc<AtomicU64>,
     bar: Option<ProgressBar>,

@@ -9,7 +9,7 @@ fn disk_bytes() -> Vec<u8> {
     let mut data: Vec<u8> = (0..300_000u32)
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
         .collect();
-    data.extend(std::iter::repeat(0u8).take(2 << 20));
+    data.extend(std::iter::repeat_n(0u8, 2 << 20));
     data.extend_from_slice(b"end of disk");
     data
 }

@@ -353,7 +353,7 @@ source = "linux"
     #[test]
     fn unknown_key_names_line_and_choices() {
         let message = parse_error(&GOOD.replace("expect = 42", "expected = 42"));
-        assert!(message.starts_with("/p/kbuild.toml:9:1:"), "{message}");
+        assert!(message.starts_with("/p/kbuild.toml:8:1:"), "{message}");
         assert!(message.contains("unknown field `expected`"), "{message}");
         assert!(message.contains("`expect`"), "{message}");
     }
@@ -368,7 +368,7 @@ source = "linux"
     #[test]
     fn bad_ccache_lists_choices() {
         let message = parse_error(&format!("{GOOD}\n[build]\nccache = \"maybe\"\n"));
-        assert!(message.contains(":15:10:"), "{message}");
+        assert!(message.contains(":14:10:"), "{message}");
         assert!(message.contains("\"auto\", \"on\" or \"off\""), "{message}");
     }
 
