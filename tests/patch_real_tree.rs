@@ -1,8 +1,10 @@
 //! Applies and reverts the syscall on the real Linux 6.1 files that kbuild
 //! edits, copied into a temporary tree.
 //!
-//! The source tree defaults to /var/cache/kbuild-dev/linux-source-6.1; set
-//! `KBUILD_TEST_TREE` to use another unpacked 6.1 tree.
+//! The source is Debian's linux-source-6.1, unpacked once into the test
+//! cache (see tests/support).
+
+mod support;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -11,7 +13,6 @@ use std::process::Command;
 use kbuild::patch::{apply, revert, syscall_number};
 use kbuild::project::{Arch, Project};
 
-const DEFAULT_TREE: &str = "/var/cache/kbuild-dev/linux-source-6.1";
 const TABLE: &str = "arch/x86/entry/syscalls/syscall_64.tbl";
 const FILES: &[&str] = &[
     "Makefile",
@@ -21,16 +22,7 @@ const FILES: &[&str] = &[
 ];
 
 fn source_tree() -> PathBuf {
-    let tree = std::env::var_os("KBUILD_TEST_TREE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_TREE));
-    assert!(
-        tree.join(TABLE).is_file(),
-        "kernel tree {} not found (no {TABLE}); unpack Linux 6.1 there, or set \
-         KBUILD_TEST_TREE to an unpacked 6.1 tree",
-        tree.display()
-    );
-    tree
+    support::pristine_tree()
 }
 
 /// Copies the files kbuild reads from `source` into `target`.

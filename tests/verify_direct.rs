@@ -1,7 +1,9 @@
 //! Boots a real, unpatched kernel under TCG with `verify_direct`.
 //!
-//! `KBUILD_TEST_BZIMAGE` must name a bzImage built from tinyconfig plus the
-//! boot fragment. The kernel has no syscall 451, so calling it returns ENOSYS.
+//! The kernel is the cached tinyconfig build from tests/support, built from
+//! the unpatched tree, so it has no syscall 451 and calling it returns ENOSYS.
+
+mod support;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -13,19 +15,8 @@ use kbuild::verify::{verify_direct, Accel, DirectOptions, Verdict};
 /// A syscall number that Linux 6.1 on x86_64 does not have.
 const UNUSED_NUMBER: u32 = 451;
 
-fn bzimage() -> PathBuf {
-    let Some(path) = std::env::var_os("KBUILD_TEST_BZIMAGE").map(PathBuf::from) else {
-        panic!(
-            "KBUILD_TEST_BZIMAGE is not set: point it at a bzImage built from tinyconfig plus \
-             kbuild's boot fragment (arch/x86/boot/bzImage in the build folder)"
-        );
-    };
-    assert!(
-        path.is_file(),
-        "KBUILD_TEST_BZIMAGE={} does not exist; build the kernel or fix the path",
-        path.display()
-    );
-    path
+async fn bzimage() -> PathBuf {
+    support::plain_kernel().await
 }
 
 /// Writes a project file with the given `[syscall] args` and `[test]` table and loads it.
@@ -55,7 +46,7 @@ fn tcg(timeout: Option<Duration>) -> DirectOptions {
 async fn unpatched_kernel_reports_enosys() {
     let dir = tempfile::tempdir().unwrap();
     let project = sum_project(dir.path(), "args = [20, 22]\nexpect = 42");
-    let report = verify_direct(&project, &bzimage(), UNUSED_NUMBER, &tcg(None))
+    let report = verify_direct(&project, &bzimage().await, UNUSED_NUMBER, &tcg(None))
         .await
         .expect("booting the unpatched kernel");
 
@@ -97,7 +88,7 @@ async fn string_argument_compiles_and_boots() {
         args,
         "args = [\"say \\\"hi\\\"\\n\"]\nexpect = -38",
     );
-    let report = verify_direct(&project, &bzimage(), UNUSED_NUMBER, &tcg(None))
+    let report = verify_direct(&project, &bzimage().await, UNUSED_NUMBER, &tcg(None))
         .await
         .expect("booting the unpatched kernel");
     assert_eq!(report.verdict, Verdict::Passed { actual: -38 });
@@ -108,7 +99,7 @@ async fn short_timeout_is_infrastructure_error() {
     let dir = tempfile::tempdir().unwrap();
     let project = sum_project(dir.path(), "args = [20, 22]\nexpect = 42");
     let options = tcg(Some(Duration::from_secs(1)));
-    let error = verify_direct(&project, &bzimage(), UNUSED_NUMBER, &options)
+    let error = verify_direct(&project, &bzimage().await, UNUSED_NUMBER, &options)
         .await
         .expect_err("a 1 s boot should time out");
     let message = error.to_string();

@@ -173,10 +173,8 @@ CONFIG_SYSTEM_REVOCATION_KEYS=\"debian/certs/debian-uefi-certs.pem\"
 
     #[tokio::test]
     async fn certs_fix_rewrites_config() {
-        let tree = Path::new(super::super::tests::PRISTINE_TREE);
-        if !tree.join("scripts/config").is_file() {
-            return;
-        }
+        let source = tempfile::tempdir().unwrap();
+        let tree = &extract_scripts_config(source.path());
         let build = tempfile::tempdir().unwrap();
         std::fs::write(build.path().join(".config"), DEBIAN).unwrap();
         let log = build.path().join("log");
@@ -191,5 +189,23 @@ CONFIG_SYSTEM_REVOCATION_KEYS=\"debian/certs/debian-uefi-certs.pem\"
             "{config}"
         );
         assert!(config.contains("CONFIG_MODULE_SIG_KEY=\"certs/signing_key.pem\"\n"));
+    }
+
+    /// Extracts the kernel's `scripts/config` from Debian's linux-source-6.1
+    /// tarball into `dir` and returns the tree folder around it.
+    fn extract_scripts_config(dir: &Path) -> std::path::PathBuf {
+        let tarball = "/usr/src/linux-source-6.1.tar.xz";
+        assert!(
+            Path::new(tarball).is_file(),
+            "{tarball} not found; install it with scripts/install-host-tools.sh"
+        );
+        let status = std::process::Command::new("tar")
+            .args(["-xJf", tarball, "-C"])
+            .arg(dir)
+            .arg("linux-source-6.1/scripts/config")
+            .status()
+            .unwrap();
+        assert!(status.success(), "extracting scripts/config from {tarball}");
+        dir.join("linux-source-6.1")
     }
 }

@@ -259,10 +259,6 @@ fn write_atomically(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
 mod tests {
     use super::*;
 
-    /// The pristine kernel tree of the development machines. Tests that need
-    /// it return early when it is missing.
-    pub const PRISTINE_TREE: &str = "/var/cache/kbuild-dev/linux-source-6.1";
-
     #[test]
     fn log_names_are_unique() {
         let dir = tempfile::tempdir().unwrap();

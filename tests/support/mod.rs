@@ -101,3 +101,45 @@ pub fn run(command: &mut Command) {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+/// Returns a hard-link copy of the pristine tree at `cache_dir()/NAME`, made
+/// once and kept between runs. Builds that reuse it stay incremental.
+pub fn cached_tree(name: &str) -> PathBuf {
+    let pristine = pristine_tree();
+    let copy = cache_dir().join(name);
+    let _lock = lock_cache("trees");
+    if !copy.join("Makefile").is_file() {
+        let partial = cache_dir().join(format!("{name}.partial"));
+        let _ = std::fs::remove_dir_all(&partial);
+        run(Command::new("cp").arg("-al").arg(&pristine).arg(&partial));
+        std::fs::rename(&partial, &copy).expect("moving the tree copy into place");
+    }
+    copy
+}
+
+/// Writes the project of the cached, unpatched tinyconfig kernel and loads it.
+pub fn plain_project() -> kbuild::project::Project {
+    let tree = cached_tree("linux-6.1");
+    let build_dir = cache_dir().join("build-tinyconfig");
+    let dir = cache_dir().join("project-tinyconfig");
+    std::fs::create_dir_all(&dir).expect("creating the project folder");
+    let text = format!(
+        "[syscall]\nname = \"kbuild_test\"\n\n[kernel]\nsource = {tree:?}\n\n\
+         [build]\nconfig = \"tinyconfig\"\nccache = \"off\"\ndir = {build_dir:?}\n"
+    );
+    let path = dir.join("kbuild.toml");
+    std::fs::write(&path, text).expect("writing kbuild.toml");
+    kbuild::project::Project::load(&path).expect("loading kbuild.toml")
+}
+
+/// Builds (or finds up to date) the unpatched tinyconfig kernel and returns
+/// its bzImage. The first run takes a few minutes; later runs are no-op builds.
+pub async fn plain_kernel() -> PathBuf {
+    let project = plain_project();
+    let _lock = lock_cache("plain-kernel");
+    let options = kbuild::build::BuildOptions::default();
+    match kbuild::build::build(&project, &project.kernel.source, &options).await {
+        Ok(built) => built.image,
+        Err(error) => panic!("building the plain kernel failed: {error:#}"),
+    }
+}
