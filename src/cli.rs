@@ -134,7 +134,11 @@ pub struct UpArgs {
 #[derive(Debug, Args)]
 pub struct SshArgs {
     /// Command to run in the VM; without it, an interactive shell (needs the ssh client)
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "COMMAND")]
+    #[arg(
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "COMMAND"
+    )]
     pub command: Vec<String>,
 }
 

@@ -76,7 +76,11 @@ fn stamp_text(tarball: &Path) -> anyhow::Result<String> {
         .ok()
         .and_then(|time| time.duration_since(std::time::UNIX_EPOCH).ok())
         .map_or(0, |age| age.as_secs());
-    Ok(format!("{}\nsize {}\nmtime {modified}\n", tarball.display(), metadata.len()))
+    Ok(format!(
+        "{}\nsize {}\nmtime {modified}\n",
+        tarball.display(),
+        metadata.len()
+    ))
 }
 
 /// Unpacks `tarball` into `tree` unless a matching unpack is already there.
@@ -105,7 +109,10 @@ fn unpack_once(tarball: &Path, tree: &Path) -> anyhow::Result<()> {
         .tempdir_in(parent)
         .with_context(|| format!("creating a temporary folder in {}", parent.display()))?;
 
-    ui::status("Unpacking", format!("{} into {}", tarball.display(), tree.display()));
+    ui::status(
+        "Unpacking",
+        format!("{} into {}", tarball.display(), tree.display()),
+    );
     let spinner = ui::spinner("{spinner} unpacking kernel source, {elapsed}");
     // GNU tar drops a leading `/` and skips members with `..`, so no entry
     // can land outside the staging folder.
@@ -114,7 +121,11 @@ fn unpack_once(tarball: &Path, tree: &Path) -> anyhow::Result<()> {
         .arg(tarball)
         .arg("-C")
         .arg(staging.path())
-        .args(["--strip-components=1", "--no-same-owner", "--no-same-permissions"])
+        .args([
+            "--strip-components=1",
+            "--no-same-owner",
+            "--no-same-permissions",
+        ])
         .output()
         .context("running tar; install it with: apt-get install tar xz-utils")?;
     spinner.finish_and_clear();
@@ -179,6 +190,9 @@ mod tests {
         assert!(tree.join("Makefile").is_file());
         std::fs::write(tree.join("kernel/mark"), "kept").unwrap();
         unpack_once(&tarball, &tree).unwrap();
-        assert!(tree.join("kernel/mark").is_file(), "second unpack replaced the tree");
+        assert!(
+            tree.join("kernel/mark").is_file(),
+            "second unpack replaced the tree"
+        );
     }
 }

@@ -57,17 +57,22 @@ pub fn render(origin: &str, text: &str, values: &[(&str, String)]) -> anyhow::Re
         output.push_str(&rest[..start]);
         let after = &rest[start + 2..];
         let end = after.find("}}").ok_or_else(|| {
-            Failure::usage(format!("template {origin}: `{{{{` without a closing `}}}}`"))
-        })?;
-        let key = after[..end].trim();
-        let value = values.iter().find(|(name, _)| *name == key).ok_or_else(|| {
-            let known: Vec<&str> = values.iter().map(|(name, _)| *name).collect();
             Failure::usage(format!(
-                "template {origin} uses {{{{{key}}}}}, which has no value here; \
-                 available: {}",
-                known.join(", ")
+                "template {origin}: `{{{{` without a closing `}}}}`"
             ))
         })?;
+        let key = after[..end].trim();
+        let value = values
+            .iter()
+            .find(|(name, _)| *name == key)
+            .ok_or_else(|| {
+                let known: Vec<&str> = values.iter().map(|(name, _)| *name).collect();
+                Failure::usage(format!(
+                    "template {origin} uses {{{{{key}}}}}, which has no value here; \
+                 available: {}",
+                    known.join(", ")
+                ))
+            })?;
         output.push_str(&value.1);
         rest = &after[end + 2..];
     }
@@ -81,7 +86,11 @@ mod tests {
 
     #[test]
     fn render_replaces_placeholders() {
-        let text = render("t", "a {{x}} b {{ y }}", &[("x", "1".into()), ("y", "2".into())]);
+        let text = render(
+            "t",
+            "a {{x}} b {{ y }}",
+            &[("x", "1".into()), ("y", "2".into())],
+        );
         assert_eq!(text.unwrap(), "a 1 b 2");
     }
 

@@ -25,6 +25,9 @@ impl Kbuild {
             .env("HOME", &self.home)
             .env("KBUILD_CACHE_DIR", self.home.join("cache"))
             .env("CCACHE_DIR", support::cache_dir().join("ccache"))
+            // Each run's tree and build folder are new temporary folders, so
+            // ccache must hash paths relative to them to hit its cache.
+            .env("CCACHE_BASEDIR", self.project.parent().unwrap())
             .output()
             .expect("starting kbuild");
         eprintln!(
@@ -83,12 +86,22 @@ fn fast_loop_on_linux_6_1() {
 
     let patch = kbuild.run(&["patch"]);
     assert_eq!(patch.status.code(), Some(0), "patch failed");
-    assert!(stderr(&patch).contains("number 451"), "patch did not pick 451");
+    assert!(
+        stderr(&patch).contains("number 451"),
+        "patch did not pick 451"
+    );
 
     let stale = kbuild.run(&["verify", "--direct", "--accel", "tcg"]);
-    assert_eq!(stale.status.code(), Some(1), "unpatched kernel must fail verification");
+    assert_eq!(
+        stale.status.code(),
+        Some(1),
+        "unpatched kernel must fail verification"
+    );
     assert!(stdout(&stale).contains("ENOSYS"), "ENOSYS not named");
-    assert!(stderr(&stale).contains("older than the last patch"), "no stale-image warning");
+    assert!(
+        stderr(&stale).contains("older than the last patch"),
+        "no stale-image warning"
+    );
 
     let rebuild = kbuild.run(&["patch-and-build"]);
     assert_eq!(rebuild.status.code(), Some(0), "patched build failed");
@@ -96,19 +109,35 @@ fn fast_loop_on_linux_6_1() {
     // No --accel here: kbuild probes KVM and falls back to TCG where KVM runs no guest.
     let pass = kbuild.run(&["verify", "--direct"]);
     assert_eq!(pass.status.code(), Some(0), "patched kernel must pass");
-    assert!(stdout(&pass).contains("PASS kbuild_add returned 42"), "exact value not reported");
+    assert!(
+        stdout(&pass).contains("PASS kbuild_add returned 42"),
+        "exact value not reported"
+    );
 
     let project_text = std::fs::read_to_string(&kbuild.project).unwrap();
-    std::fs::write(&kbuild.project, project_text.replace("expect = 42", "expect = 41")).unwrap();
+    std::fs::write(
+        &kbuild.project,
+        project_text.replace("expect = 42", "expect = 41"),
+    )
+    .unwrap();
     let wrong = kbuild.run(&["verify", "--direct", "--accel", "tcg"]);
     assert_eq!(wrong.status.code(), Some(1), "wrong expectation must fail");
-    assert!(stdout(&wrong).contains("expected 41, got 42"), "values not named");
+    assert!(
+        stdout(&wrong).contains("expected 41, got 42"),
+        "values not named"
+    );
 
     let revert = kbuild.run(&["patch", "--revert"]);
     assert_eq!(revert.status.code(), Some(0), "revert failed");
     let pristine = support::pristine_tree();
     for file in PATCHED_FILES {
-        assert!(read(&tree.join(file)) == read(&pristine.join(file)), "{file} not restored");
+        assert!(
+            read(&tree.join(file)) == read(&pristine.join(file)),
+            "{file} not restored"
+        );
     }
-    assert!(!tree.join("kernel/kbuild_add.c").exists(), "syscall body left behind");
+    assert!(
+        !tree.join("kernel/kbuild_add.c").exists(),
+        "syscall body left behind"
+    );
 }

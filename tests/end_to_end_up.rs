@@ -32,10 +32,17 @@ fn test_image(dir: &Path) -> PathBuf {
 /// Writes `image.gz` and a GNU-style SHA256SUMS next to it.
 fn compress(image: &Path, dir: &Path) -> (PathBuf, PathBuf) {
     let gz = dir.join(format!("{IMAGE}.gz"));
-    let output = Command::new("gzip").args(["-1", "-c"]).arg(image).output().unwrap();
+    let output = Command::new("gzip")
+        .args(["-1", "-c"])
+        .arg(image)
+        .output()
+        .unwrap();
     assert!(output.status.success(), "gzip failed");
     std::fs::write(&gz, &output.stdout).unwrap();
-    let digest: String = Sha256::digest(&output.stdout).iter().map(|b| format!("{b:02x}")).collect();
+    let digest: String = Sha256::digest(&output.stdout)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
     let sums = dir.join("SHA256SUMS");
     let mut file = std::fs::File::create(&sums).unwrap();
     writeln!(file, "{digest}  {IMAGE}.gz").unwrap();
@@ -136,8 +143,16 @@ fn port_listens(port: u16) -> bool {
 }
 
 fn ssh_port(status_stdout: &str) -> u16 {
-    let after = status_stdout.split("127.0.0.1:").nth(1).expect("no SSH address in status");
-    after.split(|c: char| !c.is_ascii_digit()).next().unwrap().parse().unwrap()
+    let after = status_stdout
+        .split("127.0.0.1:")
+        .nth(1)
+        .expect("no SSH address in status");
+    after
+        .split(|c: char| !c.is_ascii_digit())
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
 }
 
 #[test]
@@ -174,34 +189,56 @@ fn up_ssh_down_destroy_on_debian_12() {
 
     let up = kbuild.run(&["up", "--accel", "tcg"]);
     assert_eq!(up.status.code(), Some(0), "first up failed");
-    assert!(text(&up.stderr).contains("Installing 1 packages: bc"), "bc not installed");
+    assert!(
+        text(&up.stderr).contains("Installing 1 packages: bc"),
+        "bc not installed"
+    );
     assert!(text(&up.stderr).contains("Ready"), "no Ready line");
 
     server.clear_log();
     let again = kbuild.run(&["up", "--accel", "tcg"]);
     assert_eq!(again.status.code(), Some(0), "second up failed");
-    assert!(text(&again.stderr).contains("running"), "second up did not find the VM");
-    assert!(text(&again.stderr).contains("all 3 build dependencies"), "second up reinstalled");
+    assert!(
+        text(&again.stderr).contains("running"),
+        "second up did not find the VM"
+    );
+    assert!(
+        text(&again.stderr).contains("all 3 build dependencies"),
+        "second up reinstalled"
+    );
     assert!(server.log().is_empty(), "second up downloaded again");
 
     let status = kbuild.run(&["status"]);
     assert_eq!(status.status.code(), Some(0));
-    assert!(text(&status.stdout).contains("running"), "status not running");
+    assert!(
+        text(&status.stdout).contains("running"),
+        "status not running"
+    );
     let port = ssh_port(&text(&status.stdout));
 
     let bc = kbuild.run(&["ssh", "--", "sh", "-c", "echo 6*7 | bc"]);
     assert_eq!(bc.status.code(), Some(0), "bc over ssh failed");
     assert_eq!(text(&bc.stdout).trim(), "42");
     let code = kbuild.run(&["ssh", "--", "sh", "-c", "exit 7"]);
-    assert_eq!(code.status.code(), Some(7), "remote exit code not passed through");
+    assert_eq!(
+        code.status.code(),
+        Some(7),
+        "remote exit code not passed through"
+    );
 
     assert_eq!(qemu_processes(&vm_dir).len(), 1, "expected one QEMU");
     let down = kbuild.run(&["down"]);
     assert_eq!(down.status.code(), Some(0), "down failed");
-    assert!(qemu_processes(&vm_dir).is_empty(), "QEMU still runs after down");
+    assert!(
+        qemu_processes(&vm_dir).is_empty(),
+        "QEMU still runs after down"
+    );
     assert!(!port_listens(port), "SSH port still listens after down");
     let stopped = kbuild.run(&["status"]);
-    assert!(text(&stopped.stdout).contains("stopped"), "status after down");
+    assert!(
+        text(&stopped.stdout).contains("stopped"),
+        "status after down"
+    );
 
     let destroy = kbuild.run(&["destroy"]);
     assert_eq!(destroy.status.code(), Some(0), "destroy failed");

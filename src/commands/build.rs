@@ -18,7 +18,9 @@ pub async fn patch_and_build(project: &Project, args: &BuildArgs) -> CommandResu
 
 async fn build_tree(project: &Project, tree: &std::path::Path, args: &BuildArgs) -> CommandResult {
     let options = BuildOptions { jobs: args.jobs };
-    let built = build::build(project, tree, &options).await.phase(ExitCode::BuildFailed)?;
+    let built = build::build(project, tree, &options)
+        .await
+        .phase(ExitCode::BuildFailed)?;
     ui::detail(format!(
         "image: {} (-j{}, {} objects compiled)",
         built.image.display(),

@@ -20,13 +20,20 @@ pub fn apply(project: &Project, tree: &std::path::Path) -> Result<u32, super::Co
     if applied.changed {
         ui::status(
             "Patched",
-            format!("{} with syscall {name} as number {}", tree.display(), applied.number),
+            format!(
+                "{} with syscall {name} as number {}",
+                tree.display(),
+                applied.number
+            ),
         );
         for file in &applied.files {
             ui::detail(file.display());
         }
     } else {
-        ui::status("Fresh", format!("syscall {name} is already number {}", applied.number));
+        ui::status(
+            "Fresh",
+            format!("syscall {name} is already number {}", applied.number),
+        );
     }
     ui::detail(format!("diff saved to {}", applied.diff.display()));
     Ok(applied.number)
@@ -35,12 +42,18 @@ pub fn apply(project: &Project, tree: &std::path::Path) -> Result<u32, super::Co
 fn revert(project: &Project, tree: &std::path::Path) -> CommandResult {
     let reverted = patch::revert(project, tree).phase(ExitCode::Usage)?;
     if reverted.changed {
-        ui::status("Reverted", format!("{} files in {}", reverted.files.len(), tree.display()));
+        ui::status(
+            "Reverted",
+            format!("{} files in {}", reverted.files.len(), tree.display()),
+        );
         for file in &reverted.files {
             ui::detail(file.display());
         }
     } else {
-        ui::status("Fresh", format!("no kbuild patch is applied to {}", tree.display()));
+        ui::status(
+            "Fresh",
+            format!("no kbuild patch is applied to {}", tree.display()),
+        );
     }
     Ok(ExitCode::Passed)
 }

@@ -13,7 +13,9 @@ pub async fn run(project: &Project, args: &UpArgs) -> CommandResult {
         accel: args.accel,
         boot_timeout: Duration::from_secs(args.boot_timeout),
     };
-    let ready = up(project, &options).await.phase(ExitCode::Infrastructure)?;
+    let ready = up(project, &options)
+        .await
+        .phase(ExitCode::Infrastructure)?;
     let target = ready.session.target();
     let installed = &ready.provisioned.installed;
     if !installed.is_empty() {

@@ -50,7 +50,10 @@ pub async fn run(project: &Project, args: &VerifyArgs) -> CommandResult {
     let summary = format!("{name} (nr {number}) on {release}, {}", report.accel);
     match report.verdict {
         Verdict::Passed { actual } => {
-            ui::status("Passed", format!("{summary} in {}", ui::seconds(report.elapsed)));
+            ui::status(
+                "Passed",
+                format!("{summary} in {}", ui::seconds(report.elapsed)),
+            );
             ui::detail(format!("console: {}", report.console_log.display()));
             ui::result(format!("PASS {name} returned {actual}"));
             Ok(ExitCode::Passed)

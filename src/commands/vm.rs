@@ -38,7 +38,10 @@ async fn running_state(vm: &ProjectVm) -> Result<VmState, CommandError> {
 
 pub async fn status(project: &Project) -> CommandResult {
     let Some(vm) = ProjectVm::existing(project).phase(ExitCode::Infrastructure)? else {
-        ui::result(format!("no VM for this project (folder {})", vm_dir(project).display()));
+        ui::result(format!(
+            "no VM for this project (folder {})",
+            vm_dir(project).display()
+        ));
         return Ok(ExitCode::Passed);
     };
     let status = vm.machine.status().await.phase(ExitCode::Infrastructure)?;
@@ -49,8 +52,13 @@ pub async fn status(project: &Project) -> CommandResult {
         VmStatus::Missing => "missing",
     };
     let mut line = format!("VM {} ({backend}): {word}", vm.name);
-    if let (VmStatus::Running, Some(state)) = (status, vm.machine.state().phase(ExitCode::Infrastructure)?) {
-        line.push_str(&format!(", SSH on 127.0.0.1:{} as {}", state.ssh_port, vm.user));
+    if let (VmStatus::Running, Some(state)) =
+        (status, vm.machine.state().phase(ExitCode::Infrastructure)?)
+    {
+        line.push_str(&format!(
+            ", SSH on 127.0.0.1:{} as {}",
+            state.ssh_port, vm.user
+        ));
         ui::result(line);
         ui::detail(format!("console: {}", state.console_log.display()));
     } else {
@@ -75,10 +83,14 @@ pub async fn ssh(project: &Project, args: &SshArgs) -> Result<i32, CommandError>
         let console = move || machine.console_tail(20);
         let session = ssh::wait_for_ssh(&target, Instant::now() + SSH_WAIT, console)?;
         let argv: Vec<&str> = command.iter().map(String::as_str).collect();
-        session.exec(&argv, &ExecOptions::default(), |stream, line| match stream {
-            OutputStream::Stdout => ui::result(line),
-            OutputStream::Stderr => ui::remote_stderr(line),
-        })
+        session.exec(
+            &argv,
+            &ExecOptions::default(),
+            |stream, line| match stream {
+                OutputStream::Stdout => ui::result(line),
+                OutputStream::Stderr => ui::remote_stderr(line),
+            },
+        )
     })
     .await
     .context("the SSH task panicked")
@@ -107,8 +119,16 @@ fn interactive(target: &ssh::Target) -> Result<i32, CommandError> {
         .arg("-p")
         .arg(target.port.to_string())
         .arg("-o")
-        .arg(format!("UserKnownHostsFile={}", target.known_hosts.display()))
-        .args(["-o", "StrictHostKeyChecking=yes", "-o", "IdentitiesOnly=yes"])
+        .arg(format!(
+            "UserKnownHostsFile={}",
+            target.known_hosts.display()
+        ))
+        .args([
+            "-o",
+            "StrictHostKeyChecking=yes",
+            "-o",
+            "IdentitiesOnly=yes",
+        ])
         .arg(format!("{}@{}", target.user, target.host))
         .status()
         .context("running ssh")
@@ -138,6 +158,12 @@ pub async fn destroy(project: &Project) -> CommandResult {
             .with_context(|| format!("removing {}", dir.display()))
             .phase(ExitCode::Infrastructure)?;
     }
-    ui::status("Destroyed", format!("{} (the cached image and the project's SSH key stay)", dir.display()));
+    ui::status(
+        "Destroyed",
+        format!(
+            "{} (the cached image and the project's SSH key stay)",
+            dir.display()
+        ),
+    );
     Ok(ExitCode::Passed)
 }

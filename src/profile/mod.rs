@@ -12,10 +12,16 @@ use crate::exit::Failure;
 /// Profiles shipped with kbuild, selectable by name.
 pub const BUILTIN: &[(&str, &str)] = &[
     ("debian-12", include_str!("../../profiles/debian-12.toml")),
-    ("ubuntu-24.04", include_str!("../../profiles/ubuntu-24.04.toml")),
+    (
+        "ubuntu-24.04",
+        include_str!("../../profiles/ubuntu-24.04.toml"),
+    ),
     ("fedora-41", include_str!("../../profiles/fedora-41.toml")),
     ("arch", include_str!("../../profiles/arch.toml")),
-    ("arch-virtualbox", include_str!("../../profiles/arch-virtualbox.toml")),
+    (
+        "arch-virtualbox",
+        include_str!("../../profiles/arch-virtualbox.toml"),
+    ),
 ];
 
 /// A validated profile.

@@ -69,13 +69,17 @@ pub fn parse(origin: &str, path: &Path, text: &str) -> anyhow::Result<Profile> {
 
 /// Parses `sha256:HEX` or `sha512:HEX`.
 pub fn parse_digest(value: &str) -> Result<Digest, String> {
-    let (algorithm, hex) = value
-        .split_once(':')
-        .ok_or_else(|| format!("checksum {value:?} has no algorithm; write sha256:HEX or sha512:HEX"))?;
+    let (algorithm, hex) = value.split_once(':').ok_or_else(|| {
+        format!("checksum {value:?} has no algorithm; write sha256:HEX or sha512:HEX")
+    })?;
     let algorithm = match algorithm {
         "sha256" => DigestAlgorithm::Sha256,
         "sha512" => DigestAlgorithm::Sha512,
-        other => return Err(format!("unsupported checksum algorithm {other:?}; use sha256 or sha512")),
+        other => {
+            return Err(format!(
+                "unsupported checksum algorithm {other:?}; use sha256 or sha512"
+            ))
+        }
     };
     let hex = hex.to_ascii_lowercase();
     if hex.len() != algorithm.hex_len() || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
@@ -95,24 +99,37 @@ struct Checker<'a> {
 
 impl Checker<'_> {
     fn reject<T>(&self, span: &Range<usize>, message: String) -> anyhow::Result<T> {
-        Err(Failure::usage(format!("{}: {message}", locate(self.path, self.text, span))))
+        Err(Failure::usage(format!(
+            "{}: {message}",
+            locate(self.path, self.text, span)
+        )))
     }
 
     fn choice<T: Copy>(&self, value: &Spanned<String>, choices: &[(&str, T)]) -> anyhow::Result<T> {
         if let Some((_, chosen)) = choices.iter().find(|(name, _)| name == value.get_ref()) {
             return Ok(*chosen);
         }
-        let names: Vec<String> = choices.iter().map(|(name, _)| format!("{name:?}")).collect();
+        let names: Vec<String> = choices
+            .iter()
+            .map(|(name, _)| format!("{name:?}"))
+            .collect();
         self.reject(
             &value.span(),
-            format!("invalid value {:?}; use one of {}", value.get_ref(), names.join(", ")),
+            format!(
+                "invalid value {:?}; use one of {}",
+                value.get_ref(),
+                names.join(", ")
+            ),
         )
     }
 
     fn image(&self, image: &RawImage) -> anyhow::Result<ImageSpec> {
         let urls = image.urls.get_ref();
         if urls.is_empty() {
-            return self.reject(&image.urls.span(), "urls is empty; give at least one URL".into());
+            return self.reject(
+                &image.urls.span(),
+                "urls is empty; give at least one URL".into(),
+            );
         }
         for url in urls {
             if !(url.starts_with("https://") || url.starts_with("http://")) {
@@ -124,7 +141,10 @@ impl Checker<'_> {
         }
         let checksum = match (&image.checksum, &image.checksum_url) {
             (Some(_), Some(url)) => {
-                return self.reject(&url.span(), "give checksum or checksum_url, not both".into())
+                return self.reject(
+                    &url.span(),
+                    "give checksum or checksum_url, not both".into(),
+                )
             }
             (Some(value), None) => match parse_digest(value.get_ref()) {
                 Ok(digest) => ChecksumSource::Digest(digest),
@@ -178,7 +198,9 @@ impl Checker<'_> {
                         other => {
                             return self.reject(
                                 &list.span(),
-                                format!("unknown backend {other:?}; use \"qemu\" or \"virtualbox\""),
+                                format!(
+                                    "unknown backend {other:?}; use \"qemu\" or \"virtualbox\""
+                                ),
                             )
                         }
                     });
@@ -198,13 +220,21 @@ impl Checker<'_> {
         })
     }
 
-    fn at_least(&self, value: &Option<Spanned<u32>>, minimum: u32, default: u32) -> anyhow::Result<u32> {
+    fn at_least(
+        &self,
+        value: &Option<Spanned<u32>>,
+        minimum: u32,
+        default: u32,
+    ) -> anyhow::Result<u32> {
         match value {
             None => Ok(default),
             Some(value) if *value.get_ref() >= minimum => Ok(*value.get_ref()),
             Some(value) => self.reject(
                 &value.span(),
-                format!("value {} is below the minimum of {minimum}", value.get_ref()),
+                format!(
+                    "value {} is below the minimum of {minimum}",
+                    value.get_ref()
+                ),
             ),
         }
     }
@@ -243,7 +273,9 @@ impl Checker<'_> {
         let valid = |name: &str| {
             !name.is_empty()
                 && !name.starts_with('-')
-                && name.chars().all(|c| c.is_ascii_alphanumeric() || "+-._:@/".contains(c))
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "+-._:@/".contains(c))
         };
         if let Some(bad) = names.get_ref().iter().find(|name| !valid(name)) {
             return self.reject(&names.span(), format!("invalid package name {bad:?}"));
@@ -283,19 +315,25 @@ mod tests {
 
     #[test]
     fn digest_rejects_short_hex() {
-        assert!(parse_digest("sha512:abcd").unwrap_err().contains("128 hex digits"));
+        assert!(parse_digest("sha512:abcd")
+            .unwrap_err()
+            .contains("128 hex digits"));
     }
 
     #[test]
     fn unknown_profile_lists_builtins() {
-        let error = Profile::load("gentoo", Path::new("/")).unwrap_err().to_string();
+        let error = Profile::load("gentoo", Path::new("/"))
+            .unwrap_err()
+            .to_string();
         assert!(error.contains("debian-12"), "{error}");
     }
 
     #[test]
     fn bad_manager_names_line() {
         let text = include_str!("../../profiles/debian-12.toml").replace("\"apt\"", "\"yum\"");
-        let error = parse("t", Path::new("p.toml"), &text).unwrap_err().to_string();
+        let error = parse("t", Path::new("p.toml"), &text)
+            .unwrap_err()
+            .to_string();
         assert!(error.starts_with("p.toml:"), "{error}");
         assert!(error.contains("\"dnf\""), "{error}");
     }

@@ -169,15 +169,15 @@ impl Project {
                 path.display()
             ))
         })?;
-        let path = std::path::absolute(path)
-            .with_context(|| format!("resolving {}", path.display()))?;
+        let path =
+            std::path::absolute(path).with_context(|| format!("resolving {}", path.display()))?;
         validate::parse(&path, &text)
     }
 
     /// Finds `kbuild.toml` in `start` or the nearest parent folder.
     pub fn find(start: &Path) -> anyhow::Result<PathBuf> {
-        let start = std::path::absolute(start)
-            .with_context(|| format!("resolving {}", start.display()))?;
+        let start =
+            std::path::absolute(start).with_context(|| format!("resolving {}", start.display()))?;
         for dir in start.ancestors() {
             let candidate = dir.join(FILE_NAME);
             if candidate.is_file() {

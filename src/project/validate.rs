@@ -23,7 +23,11 @@ pub fn parse(path: &Path, text: &str) -> anyhow::Result<Project> {
         Failure::usage(format!("{location}: {}", error.message().trim_end()))
     })?;
     let dir = path.parent().unwrap_or(Path::new("/")).to_path_buf();
-    let checker = Checker { path, text, dir: &dir };
+    let checker = Checker {
+        path,
+        text,
+        dir: &dir,
+    };
 
     Ok(Project {
         path: path.to_path_buf(),
@@ -62,7 +66,10 @@ fn is_c_type(c_type: &str) -> bool {
         && c_type
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ' ' || c == '*')
-        && c_type.split([' ', '*']).filter(|word| !word.is_empty()).all(is_c_identifier)
+        && c_type
+            .split([' ', '*'])
+            .filter(|word| !word.is_empty())
+            .all(is_c_identifier)
 }
 
 struct Checker<'a> {
@@ -138,10 +145,16 @@ impl Checker<'_> {
             if !is_c_identifier(arg.name.get_ref()) {
                 return self.reject(
                     &arg.name.span(),
-                    format!("invalid argument name {:?}: use a C identifier", arg.name.get_ref()),
+                    format!(
+                        "invalid argument name {:?}: use a C identifier",
+                        arg.name.get_ref()
+                    ),
                 );
             }
-            if checked.iter().any(|other| &other.name == arg.name.get_ref()) {
+            if checked
+                .iter()
+                .any(|other| &other.name == arg.name.get_ref())
+            {
                 return self.reject(
                     &arg.name.span(),
                     format!("argument name {:?} is used twice", arg.name.get_ref()),
@@ -169,7 +182,10 @@ impl Checker<'_> {
         if looks_like_path && path.is_file() {
             return Ok(TemplateRef::File(path));
         }
-        let names: Vec<String> = builtins.iter().map(|(name, _)| format!("{name:?}")).collect();
+        let names: Vec<String> = builtins
+            .iter()
+            .map(|(name, _)| format!("{name:?}"))
+            .collect();
         let problem = if looks_like_path {
             format!("file {} not found", path.display())
         } else {
@@ -273,7 +289,11 @@ impl Checker<'_> {
                 .map(|f| self.template_ref(f, crate::template::KCONFIG_FRAGMENTS))
                 .collect::<anyhow::Result<_>>()?,
         };
-        let ccache = match build.ccache.as_ref().map(|c| (c.get_ref().as_str(), c.span())) {
+        let ccache = match build
+            .ccache
+            .as_ref()
+            .map(|c| (c.get_ref().as_str(), c.span()))
+        {
             None | Some(("auto", _)) => Ccache::Auto,
             Some(("on", _)) => Ccache::On,
             Some(("off", _)) => Ccache::Off,
@@ -336,7 +356,9 @@ source = "linux"
 "#;
 
     fn parse_error(text: &str) -> String {
-        parse(Path::new("/p/kbuild.toml"), text).unwrap_err().to_string()
+        parse(Path::new("/p/kbuild.toml"), text)
+            .unwrap_err()
+            .to_string()
     }
 
     #[test]
@@ -381,7 +403,9 @@ source = "linux"
 
     #[test]
     fn seven_args_rejected() {
-        let args: Vec<String> = (0..7).map(|i| format!("{{ type = \"long\", name = \"a{i}\" }}")).collect();
+        let args: Vec<String> = (0..7)
+            .map(|i| format!("{{ type = \"long\", name = \"a{i}\" }}"))
+            .collect();
         let text = GOOD.replace(
             "[{ type = \"long\", name = \"a\" }, { type = \"long\", name = \"b\" }]",
             &format!("[{}]", args.join(", ")),
@@ -392,7 +416,10 @@ source = "linux"
     #[test]
     fn test_args_must_match_count() {
         let message = parse_error(&GOOD.replace("args = [20, 22]", "args = [20]"));
-        assert!(message.contains("1 values but the syscall takes 2"), "{message}");
+        assert!(
+            message.contains("1 values but the syscall takes 2"),
+            "{message}"
+        );
     }
 
     #[test]

@@ -35,11 +35,20 @@ pub fn provision(session: &Session, profile: &Profile, log: &Path) -> anyhow::Re
     let wanted = &profile.packages.build_deps;
     let missing = missing_packages(session, manager, wanted)?;
     if missing.is_empty() {
-        ui::status("Fresh", format!("all {} build dependencies are installed", wanted.len()));
-        return Ok(Provisioned { resources, installed: Vec::new() });
+        ui::status(
+            "Fresh",
+            format!("all {} build dependencies are installed", wanted.len()),
+        );
+        return Ok(Provisioned {
+            resources,
+            installed: Vec::new(),
+        });
     }
 
-    ui::status("Installing", format!("{} packages: {}", missing.len(), missing.join(" ")));
+    ui::status(
+        "Installing",
+        format!("{} packages: {}", missing.len(), missing.join(" ")),
+    );
     ui::detail(format!("log: {}", log.display()));
     for command in packages::install_commands(manager, &missing) {
         run_logged(session, &command, log)?;
@@ -56,7 +65,10 @@ pub fn provision(session: &Session, profile: &Profile, log: &Path) -> anyhow::Re
             log.display()
         )));
     }
-    Ok(Provisioned { resources, installed: missing })
+    Ok(Provisioned {
+        resources,
+        installed: missing,
+    })
 }
 
 fn probe_resources(session: &Session) -> anyhow::Result<resources::GuestResources> {
@@ -89,7 +101,11 @@ fn missing_packages(
             output.stderr.trim()
         )));
     }
-    Ok(output.stdout.split_whitespace().map(str::to_string).collect())
+    Ok(output
+        .stdout
+        .split_whitespace()
+        .map(str::to_string)
+        .collect())
 }
 
 /// Runs one shell command in the guest, its output appended to `log` and
@@ -97,7 +113,10 @@ fn missing_packages(
 fn run_logged(session: &Session, script: &str, log: &Path) -> anyhow::Result<()> {
     let spinner = ui::spinner("{spinner} {elapsed} {msg}");
     let mut last_lines: Vec<String> = Vec::new();
-    let options = ExecOptions { log: Some(log.to_path_buf()), timeout: None };
+    let options = ExecOptions {
+        log: Some(log.to_path_buf()),
+        timeout: None,
+    };
     let status = session.exec(&["sh", "-c", script], &options, |stream, line| {
         if stream == OutputStream::Stdout {
             spinner.set_message(line.chars().take(70).collect::<String>());

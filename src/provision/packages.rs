@@ -72,7 +72,11 @@ mod tests {
     fn apt_install_lists_names() {
         let commands = install_commands(PackageManager::Apt, &names(&["bc", "libelf-dev"]));
         assert_eq!(commands.len(), 2);
-        assert!(commands[1].ends_with("install -y -q --no-install-recommends bc libelf-dev"), "{}", commands[1]);
+        assert!(
+            commands[1].ends_with("install -y -q --no-install-recommends bc libelf-dev"),
+            "{}",
+            commands[1]
+        );
     }
 
     #[test]

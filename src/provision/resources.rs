@@ -32,7 +32,9 @@ pub fn parse(output: &str) -> Result<GuestResources, String> {
             memory_kib: *memory,
             cpus: u32::try_from(*cpus).unwrap_or(u32::MAX),
         }),
-        _ => Err(format!("expected 3 numbers from the resource probe, got {output:?}")),
+        _ => Err(format!(
+            "expected 3 numbers from the resource probe, got {output:?}"
+        )),
     }
 }
 
@@ -78,7 +80,11 @@ mod tests {
 
     #[test]
     fn small_disk_is_named() {
-        let resources = GuestResources { free_disk_kib: 1024 * 1024, memory_kib: 4 << 20, cpus: 2 };
+        let resources = GuestResources {
+            free_disk_kib: 1024 * 1024,
+            memory_kib: 4 << 20,
+            cpus: 2,
+        };
         let short = shortfalls(&resources);
         assert_eq!(short.len(), 1);
         assert!(short[0].contains("disk_gib"), "{}", short[0]);
@@ -86,7 +92,11 @@ mod tests {
 
     #[test]
     fn enough_resources_pass() {
-        let resources = GuestResources { free_disk_kib: 20 << 20, memory_kib: 2 << 20, cpus: 2 };
+        let resources = GuestResources {
+            free_disk_kib: 20 << 20,
+            memory_kib: 2 << 20,
+            cpus: 2,
+        };
         assert!(shortfalls(&resources).is_empty());
     }
 }

@@ -8,7 +8,8 @@ use super::{wait_for_ssh, ExitStatus, Session};
 use crate::exit::Failure;
 
 /// Reboots as root directly, or through `sudo -n` for a cloud image's user.
-const REBOOT_SCRIPT: &str = "if [ \"$(id -u)\" = 0 ]; then exec reboot; else exec sudo -n reboot; fi";
+const REBOOT_SCRIPT: &str =
+    "if [ \"$(id -u)\" = 0 ]; then exec reboot; else exec sudo -n reboot; fi";
 
 /// A random UUID that Linux makes anew at every boot.
 const BOOT_ID_PATH: &str = "/proc/sys/kernel/random/boot_id";
@@ -112,10 +113,12 @@ impl BootControl for LiveReboot<'_> {
             timeout: Some(REBOOT_COMMAND_TIMEOUT),
         };
         let mut stderr = String::new();
-        let result = self.session.exec(&["sh", "-c", REBOOT_SCRIPT], &options, |_, line| {
-            stderr.push_str(line);
-            stderr.push('\n');
-        });
+        let result = self
+            .session
+            .exec(&["sh", "-c", REBOOT_SCRIPT], &options, |_, line| {
+                stderr.push_str(line);
+                stderr.push('\n');
+            });
         match result {
             Ok(ExitStatus::Code(code)) if code != 0 => Err(Failure::infrastructure(format!(
                 "`reboot` failed on VM {} with exit code {code}: {}",

@@ -45,7 +45,11 @@ pub fn key_dir(project: &Project) -> PathBuf {
 /// A VM name unique to the project folder, such as `kbuild-3f9a0c12d4`.
 pub fn vm_name(project: &Project) -> String {
     let digest = Sha256::digest(project.dir.as_os_str().as_encoded_bytes());
-    let hex: String = digest.iter().take(5).map(|byte| format!("{byte:02x}")).collect();
+    let hex: String = digest
+        .iter()
+        .take(5)
+        .map(|byte| format!("{byte:02x}"))
+        .collect();
     format!("kbuild-{hex}")
 }
 
@@ -147,9 +151,8 @@ fn write_origin(dir: &Path, origin: &Origin) -> anyhow::Result<()> {
 
 fn read_origin(dir: &Path) -> anyhow::Result<Origin> {
     let path = origin_path(dir);
-    let text = std::fs::read_to_string(&path).with_context(|| {
-        format!("reading {}; run `kbuild up` to recreate it", path.display())
-    })?;
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("reading {}; run `kbuild up` to recreate it", path.display()))?;
     toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))
 }
 
@@ -159,6 +162,8 @@ fn parse_format(name: &str) -> anyhow::Result<DiskFormat> {
         "vdi" => Ok(DiskFormat::Vdi),
         "vmdk" => Ok(DiskFormat::Vmdk),
         "raw" => Ok(DiskFormat::Raw),
-        other => Err(Failure::infrastructure(format!("unknown disk format {other:?} in the VM origin"))),
+        other => Err(Failure::infrastructure(format!(
+            "unknown disk format {other:?} in the VM origin"
+        ))),
     }
 }

@@ -47,16 +47,30 @@ pub struct Ready {
 pub async fn up(project: &Project, options: &UpOptions) -> anyhow::Result<Ready> {
     let profile = Profile::load(&project.vm.profile, &project.dir)?;
 
-    ui::status("Fetching", format!("image of profile {} ({})", profile.name, profile.origin));
-    let fetch = FetchOptions { allow_unverified: options.allow_unverified, ..FetchOptions::default() };
-    let image = image::fetch_image(&profile.image, &paths::cache_dir().join("images"), &fetch).await?;
+    ui::status(
+        "Fetching",
+        format!("image of profile {} ({})", profile.name, profile.origin),
+    );
+    let fetch = FetchOptions {
+        allow_unverified: options.allow_unverified,
+        ..FetchOptions::default()
+    };
+    let image =
+        image::fetch_image(&profile.image, &paths::cache_dir().join("images"), &fetch).await?;
     ui::detail(format!("{} ({})", image.path.display(), image.digest));
 
     ssh::ensure_key_pair(&key_dir(project))?;
     let dir = vm_dir(project);
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let seed = write_seed_once(project, &profile, &dir)?;
-    let vm = ProjectVm::for_up(project, &profile, &image.path, image.format, seed, options.accel)?;
+    let vm = ProjectVm::for_up(
+        project,
+        &profile,
+        &image.path,
+        image.format,
+        seed,
+        options.accel,
+    )?;
 
     let started = Instant::now();
     let state = start(&vm).await?;
@@ -65,7 +79,12 @@ pub async fn up(project: &Project, options: &UpOptions) -> anyhow::Result<Ready>
     let time_to_ssh = started.elapsed();
     ui::status(
         "Connected",
-        format!("{}@{} after {}", target.user, target.address(), ui::seconds(time_to_ssh)),
+        format!(
+            "{}@{} after {}",
+            target.user,
+            target.address(),
+            ui::seconds(time_to_ssh)
+        ),
     );
 
     let log = project.log_dir().join("provision.log");
@@ -78,20 +97,32 @@ pub async fn up(project: &Project, options: &UpOptions) -> anyhow::Result<Ready>
     .await
     .context("the provisioning task panicked")?;
 
-    Ok(Ready { vm, state, session, provisioned: provisioned?, time_to_ssh })
+    Ok(Ready {
+        vm,
+        state,
+        session,
+        provisioned: provisioned?,
+        time_to_ssh,
+    })
 }
 
 async fn start(vm: &ProjectVm) -> anyhow::Result<VmState> {
     let backend = vm.machine.backend().name();
     match vm.machine.status().await? {
-        super::VmStatus::Running => ui::status("Found", format!("VM {} running ({backend})", vm.name)),
+        super::VmStatus::Running => {
+            ui::status("Found", format!("VM {} running ({backend})", vm.name))
+        }
         _ => ui::status("Booting", format!("VM {} with {backend}", vm.name)),
     }
     vm.machine.start().await
 }
 
 /// Writes the NoCloud seed for cloud images, once per VM.
-fn write_seed_once(project: &Project, profile: &Profile, dir: &Path) -> anyhow::Result<Option<PathBuf>> {
+fn write_seed_once(
+    project: &Project,
+    profile: &Profile,
+    dir: &Path,
+) -> anyhow::Result<Option<PathBuf>> {
     if profile.login.method != LoginMethod::CloudInit {
         return Ok(None);
     }
@@ -111,7 +142,14 @@ pub async fn connect(
     profile: &Profile,
     boot_timeout: Duration,
 ) -> anyhow::Result<Session> {
-    ui::status("Waiting", format!("for SSH on {} (up to {}s)", target.address(), boot_timeout.as_secs()));
+    ui::status(
+        "Waiting",
+        format!(
+            "for SSH on {} (up to {}s)",
+            target.address(),
+            boot_timeout.as_secs()
+        ),
+    );
     let deadline = Instant::now() + boot_timeout;
     let machine: Machine = vm.machine.clone();
     let console_tail = move || machine.console_tail(CONSOLE_LINES);
@@ -123,9 +161,9 @@ pub async fn connect(
     let target = target.clone();
     tokio::task::spawn_blocking(move || match password {
         Some(password) => {
-            let session = ssh::install_key_with_password(&target, &password, deadline, console_tail)?;
-            std::fs::write(&marker, "")
-                .with_context(|| format!("writing {}", marker.display()))?;
+            let session =
+                ssh::install_key_with_password(&target, &password, deadline, console_tail)?;
+            std::fs::write(&marker, "").with_context(|| format!("writing {}", marker.display()))?;
             Ok(session)
         }
         None => ssh::wait_for_ssh(&target, deadline, console_tail),

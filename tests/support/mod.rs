@@ -63,7 +63,11 @@ pub fn pristine_tree() -> PathBuf {
         .duration_since(std::time::UNIX_EPOCH)
         .expect("time after 1970")
         .as_secs();
-    let name = tarball.file_name().unwrap().to_string_lossy().replace(".tar.xz", "");
+    let name = tarball
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .replace(".tar.xz", "");
     let key = format!("{name}-{}-{modified}", metadata.len());
     let tree = cache_dir().join("trees").join(&key);
 

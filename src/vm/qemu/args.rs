@@ -87,10 +87,7 @@ pub fn qemu_args(config: &VmConfig, state: &VmState, accel: Accel) -> Vec<String
     }
 
     // User-mode networking; the only host listener is SSH on loopback.
-    push(
-        "-netdev",
-        netdev(config, state),
-    );
+    push("-netdev", netdev(config, state));
     push("-device", "virtio-net-pci,netdev=net0".to_string());
     // Guest entropy, so that early boot does not wait for the random pool.
     push("-device", "virtio-rng-pci".to_string());
@@ -120,14 +117,21 @@ pub fn qemu_args(config: &VmConfig, state: &VmState, accel: Accel) -> Vec<String
     args
 }
 
-/// Reports whether QEMU's stderr contains the error of an SSH forward that could not bind its port.
 /// User networking with SSH forwarded from 127.0.0.1 only. An isolated VM
 /// reaches nothing outside itself; the forward still works.
 fn netdev(config: &VmConfig, state: &VmState) -> String {
-    let restrict = if config.isolated_network { ",restrict=on" } else { "" };
-    format!("user,id=net0{restrict},hostfwd=tcp:127.0.0.1:{}-:22", state.ssh_port)
+    let restrict = if config.isolated_network {
+        ",restrict=on"
+    } else {
+        ""
+    };
+    format!(
+        "user,id=net0{restrict},hostfwd=tcp:127.0.0.1:{}-:22",
+        state.ssh_port
+    )
 }
 
+/// Reports whether QEMU's stderr contains the error of an SSH forward that could not bind its port.
 pub fn is_port_conflict(stderr: &str) -> bool {
     stderr
         .to_ascii_lowercase()

@@ -1,0 +1,100 @@
+#!/usr/bin/env bash
+# Measures the time from `kbuild up` to its first SSH login on a cached image,
+# against a bare QEMU command booting the same image with the same settings
+# and an ssh polling loop. Runs alternate, so both see the same load.
+#
+# Usage (as root, from the repository): scripts/bench/up-vs-qemu.sh [RUNS]
+# Needs: a release build (cargo build --release), the Debian test image
+# (scripts/build-test-image.sh, cached), python3 for a file server on 127.0.0.1.
+set -euo pipefail
+
+runs=${1:-3}
+repo=$(cd "$(dirname "$0")/../.." && pwd)
+kbuild=$repo/target/release/kbuild
+work=$(mktemp -d /var/tmp/kbuild-bench-up.XXXXXX)
+server_pid=
+cleanup() {
+  [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null
+  "$kbuild" --project "$work/project/kbuild.toml" destroy >/dev/null 2>&1 || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+image=$(bash "$repo/scripts/build-test-image.sh" "$work/image")
+gzip -1 -c "$image" >"$work/image/disk.qcow2.gz"
+(cd "$work/image" && sha256sum disk.qcow2.gz >SUMS)
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+python3 -m http.server "$port" --bind 127.0.0.1 --directory "$work/image" >/dev/null 2>&1 &
+server_pid=$!
+sleep 1
+
+mkdir -p "$work/project" "$work/home"
+export HOME=$work/home CI=true KBUILD_CACHE_DIR=$work/cache
+"$kbuild" init --dir "$work/project" --source linux >/dev/null 2>&1
+sed -i 's|^profile = .*|profile = "bench.toml"|' "$work/project/kbuild.toml"
+cat >"$work/project/bench.toml" <<PROFILE
+name = "bench"
+[image]
+urls = ["http://127.0.0.1:$port/disk.qcow2.gz"]
+checksum_url = "http://127.0.0.1:$port/SUMS"
+format = "qcow2"
+[machine]
+backends = ["qemu"]
+cpus = 2
+memory_mib = 1024
+disk_gib = 6
+network = "isolated"
+[login]
+user = "debian"
+method = "cloud-init"
+[packages]
+manager = "apt"
+build_deps = ["kmod"]
+PROFILE
+project=(--project "$work/project/kbuild.toml")
+
+# Fills the image cache and keeps the seed for the bare runs, then removes the VM.
+"$kbuild" "${project[@]}" up --accel tcg >/dev/null 2>&1
+cp "$work/project/.kbuild/vm/seed.img" "$work/seed.img"
+"$kbuild" "${project[@]}" destroy >/dev/null 2>&1
+
+# Seconds from `kbuild up` to its "Connected" line.
+time_kbuild() {
+  local start line
+  start=$(date +%s.%N)
+  while IFS= read -r line; do
+    case $line in *Connected*) echo "$(date +%s.%N) - $start" | bc; break ;; esac
+  done < <("$kbuild" "${project[@]}" up --accel tcg 2>&1)
+  "$kbuild" "${project[@]}" destroy >/dev/null 2>&1
+}
+
+# Seconds from starting QEMU to the first successful `ssh true`, with a
+# fresh overlay and the seed kbuild wrote, and kbuild's QEMU settings.
+time_bare() {
+  local dir=$work/bare start ssh_port
+  rm -rf "$dir" && mkdir -p "$dir"
+  cp "$work/seed.img" "$dir/seed.img"
+  base=$(find "$work/cache/images" -name 'disk.qcow2' | head -n 1)
+  qemu-img create -q -f qcow2 -F qcow2 -b "$base" "$dir/disk.qcow2" 6G
+  ssh_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  start=$(date +%s.%N)
+  qemu-system-x86_64 -machine q35 -accel tcg -smp 2 -m 1024 \
+    -drive "file=$dir/disk.qcow2,if=virtio,format=qcow2" \
+    -drive "file=$dir/seed.img,if=virtio,format=raw,readonly=on" \
+    -netdev "user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:$ssh_port-:22" \
+    -device virtio-net-pci,netdev=net0 -device virtio-rng-pci \
+    -serial "file:$dir/console.log" -nodefaults -no-user-config -display none \
+    -daemonize -pidfile "$dir/qemu.pid"
+  until ssh -q -i "$work/project/.kbuild/ssh/id_ed25519" -p "$ssh_port" -o BatchMode=yes \
+    -o ConnectTimeout=2 -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null \
+    debian@127.0.0.1 true; do
+    sleep 0.25
+  done
+  echo "$(date +%s.%N) - $start" | bc
+  kill "$(cat "$dir/qemu.pid")"
+}
+
+echo "run kbuild_seconds bare_seconds"
+for run in $(seq "$runs"); do
+  echo "$run $(time_kbuild) $(time_bare)"
+done
