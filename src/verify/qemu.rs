@@ -53,23 +53,11 @@ pub fn direct_boot_args(accel: Accel, kernel: &Path, initramfs: &Path) -> Vec<St
 
 /// Fails with an infrastructure error unless `binary` is an executable in `PATH`.
 pub fn require_binary(binary: &str) -> anyhow::Result<PathBuf> {
-    find_in_path(binary).ok_or_else(|| {
+    crate::host::find_program(binary).ok_or_else(|| {
         Failure::infrastructure(format!(
             "{binary} not found in PATH; install QEMU (apt-get install qemu-system-x86)"
         ))
     })
-}
-
-fn find_in_path(binary: &str) -> Option<PathBuf> {
-    use std::os::unix::fs::PermissionsExt;
-
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(binary))
-        .find(|candidate| {
-            std::fs::metadata(candidate)
-                .is_ok_and(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0)
-        })
 }
 
 /// Console lines, exit status and stderr of one QEMU run.

@@ -1,6 +1,7 @@
 //! Virtual machines that kbuild creates from a profile's image: the shared
 //! configuration and state, and one backend per hypervisor.
 
+pub mod console;
 pub mod qemu;
 pub mod qmp;
 pub mod seed;

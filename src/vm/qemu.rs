@@ -2,7 +2,6 @@
 //! detached QEMU that forwards SSH from 127.0.0.1 and is controlled over QMP.
 
 mod args;
-mod console;
 mod disk;
 mod lock;
 mod process;
@@ -17,7 +16,7 @@ use anyhow::Context;
 
 pub use args::{qemu_args, VmFiles};
 
-use super::{free_local_port, qmp, VmConfig, VmState, VmStatus};
+use super::{console, free_local_port, qmp, VmConfig, VmState, VmStatus};
 use crate::exit::Failure;
 use crate::verify::{self, Accel};
 use process::Launch;

@@ -11,7 +11,6 @@ mod command;
 mod info;
 mod setup;
 
-use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -32,8 +31,6 @@ pub const BACKEND: &str = "virtualbox";
 const POLL_INTERVAL: Duration = Duration::from_millis(500);
 /// Time a VM may take to stop after `controlvm poweroff`.
 const POWEROFF_DEADLINE: Duration = Duration::from_secs(30);
-/// Bytes read from the end of the console log for `console_tail`.
-const TAIL_BYTES: u64 = 64 * 1024;
 
 /// One VirtualBox VM, with its disk, console log and settings in `config.dir`.
 #[derive(Debug, Clone)]
@@ -191,14 +188,7 @@ impl VirtualBoxVm {
 
     /// Returns the last `lines` non-empty lines of the serial console log.
     pub fn console_tail(&self, lines: usize) -> String {
-        let path = self.console_path();
-        match read_end(&path) {
-            Ok(bytes) => last_lines(&String::from_utf8_lossy(&bytes), lines),
-            Err(error) => {
-                tracing::debug!("cannot read console log {}: {error:#}", path.display());
-                String::new()
-            }
-        }
+        super::console::tail(&self.console_path(), lines)
     }
 
     fn disk_path(&self) -> PathBuf {
@@ -391,40 +381,4 @@ impl VirtualBoxVm {
 /// the current folder cannot be read.
 fn absolute(path: &Path) -> PathBuf {
     std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
-}
-
-fn read_end(path: &Path) -> anyhow::Result<Vec<u8>> {
-    let mut file =
-        std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let length = file
-        .metadata()
-        .with_context(|| format!("reading {}", path.display()))?
-        .len();
-    file.seek(SeekFrom::Start(length.saturating_sub(TAIL_BYTES)))
-        .with_context(|| format!("seeking in {}", path.display()))?;
-    let mut bytes = Vec::new();
-    file.read_to_end(&mut bytes)
-        .with_context(|| format!("reading {}", path.display()))?;
-    Ok(bytes)
-}
-
-fn last_lines(text: &str, count: usize) -> String {
-    let lines: Vec<&str> = text
-        .lines()
-        .map(str::trim_end)
-        .filter(|line| !line.is_empty())
-        .collect();
-    lines[lines.len().saturating_sub(count)..].join("\n")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn last_lines_skips_blank() {
-        assert_eq!(last_lines("a\n\nb\r\nc\n", 2), "b\nc");
-        assert_eq!(last_lines("a\n", 5), "a");
-        assert_eq!(last_lines("", 3), "");
-    }
 }

@@ -29,16 +29,7 @@ pub enum Launch {
 /// Fails with an infrastructure error that names the installer unless
 /// `program` is an executable file in `PATH`.
 pub fn require_binary(program: &str) -> anyhow::Result<PathBuf> {
-    use std::os::unix::fs::PermissionsExt;
-
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(program))
-        .find(|candidate| {
-            std::fs::metadata(candidate)
-                .is_ok_and(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0)
-        })
-        .ok_or_else(|| missing_binary(program))
+    crate::host::find_program(program).ok_or_else(|| missing_binary(program))
 }
 
 fn missing_binary(program: &str) -> anyhow::Error {
