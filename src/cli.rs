@@ -12,7 +12,7 @@ Exit codes:
   1   verification failed (the kernel booted; the syscall is missing or returned the wrong value)
   2   usage or configuration error (command line, kbuild.toml, kernel tree)
   3   build failed (kernel configuration or compilation)
-  69  infrastructure failure (QEMU or a host tool missing, the kernel did not boot, timeout)
+  69  infrastructure failure (QEMU missing, the kernel or VM did not boot, timeout)
 
 Environment:
   KBUILD_LOG        log filter for tracing output on stderr, for example `debug`

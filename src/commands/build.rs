@@ -22,10 +22,9 @@ async fn build_tree(project: &Project, tree: &std::path::Path, args: &BuildArgs)
         .await
         .phase(ExitCode::BuildFailed)?;
     ui::detail(format!(
-        "image: {} (-j{}, {} objects compiled)",
+        "image: {} (-j{})",
         built.image.display(),
-        built.jobs,
-        built.compiled
+        built.jobs
     ));
     ui::detail(format!("log: {}", built.log.display()));
     Ok(ExitCode::Passed)

@@ -86,6 +86,7 @@ async fn dispatch(cli: Cli) -> Result<i32, CommandError> {
 
 fn load(path: Option<PathBuf>) -> Result<Project, CommandError> {
     let path = match path {
+        Some(path) if path.is_dir() => path.join(crate::project::FILE_NAME),
         Some(path) => path,
         None => Project::find(&PathBuf::from(".")).phase(ExitCode::Usage)?,
     };

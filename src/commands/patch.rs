@@ -51,8 +51,12 @@ fn revert(project: &Project, tree: &std::path::Path) -> CommandResult {
         }
     } else {
         ui::status(
-            "Fresh",
-            format!("no kbuild patch is applied to {}", tree.display()),
+            "Clean",
+            format!(
+                "no kbuild patch is applied to {} (none recorded in {})",
+                tree.display(),
+                project.state_dir().join("patch").display()
+            ),
         );
     }
     Ok(ExitCode::Passed)

@@ -149,6 +149,10 @@ pub async fn down(project: &Project, args: &DownArgs) -> CommandResult {
 
 pub async fn destroy(project: &Project) -> CommandResult {
     let dir = vm_dir(project);
+    if !dir.exists() {
+        ui::result("no VM for this project; nothing to destroy");
+        return Ok(ExitCode::Passed);
+    }
     if let Some(vm) = ProjectVm::existing(project).phase(ExitCode::Infrastructure)? {
         ui::status("Destroying", format!("VM {}", vm.name));
         vm.machine.destroy().await.phase(ExitCode::Infrastructure)?;

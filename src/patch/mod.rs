@@ -92,13 +92,6 @@ pub fn revert(project: &Project, tree: &Path) -> anyhow::Result<Reverted> {
     let tree = canonical_tree(tree)?;
     let store = Store::new(project.state_dir().join("patch"));
     let Some(manifest) = load_record(&store, &tree)? else {
-        ui::status(
-            "Reverted",
-            format!(
-                "nothing, because no applied patch is recorded in {}",
-                store.dir().display()
-            ),
-        );
         return Ok(Reverted {
             changed: false,
             files: Vec::new(),

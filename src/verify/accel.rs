@@ -62,6 +62,15 @@ pub enum Probe {
 /// Returns the accelerator to use: the override, else KVM if a probe guest
 /// runs within the deadline, else TCG (with a warning saying why).
 pub async fn choose_accel(requested: Option<Accel>, qemu: &str) -> Accel {
+    if requested == Some(Accel::Kvm) {
+        if let Err(reason) = kvm_verdict(qemu).await {
+            ui::warn(format!(
+                "booting with KVM as requested, but KVM looks unusable ({reason}); \
+                 if the boot times out, use --accel tcg"
+            ));
+        }
+        return Accel::Kvm;
+    }
     if let Some(accel) = requested {
         return accel;
     }
