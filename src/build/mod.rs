@@ -165,12 +165,11 @@ async fn run_build(make: &Make, jobs: u32, log: &Path) -> anyhow::Result<u64> {
         .ok()
         .and_then(|text| text.trim().parse::<u64>().ok());
     // A build folder without vmlinux gets a full build, whose count becomes
-    // the expected total of later builds.
-    // NOTE: an incremental build finishes with the bar partly filled, since
-    // the total is that of a full build.
+    // the expected total of later full builds. An incremental build compiles
+    // an unknown share of that, so it shows a count without a total or ETA.
     let full_build = !make.build_dir.join("vmlinux").exists();
 
-    let (mut tracker, handle) = progress::track(expected);
+    let (mut tracker, handle) = progress::track(expected.filter(|_| full_build));
     let command = make.command(&[format!("-j{jobs}")]);
     let result = make::run(command, &make.build_dir, log, "kernel build", move |line| {
         tracker.on_line(line)
