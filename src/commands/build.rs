@@ -20,6 +20,7 @@ async fn build_tree(project: &Project, tree: &std::path::Path, args: &BuildArgs)
     let options = BuildOptions { jobs: args.jobs };
     let built = build::build(project, tree, &options)
         .await
+        .map_err(|error| point_at_template(project, error))
         .phase(ExitCode::BuildFailed)?;
     ui::detail(format!(
         "image: {} (-j{})",
@@ -28,4 +29,18 @@ async fn build_tree(project: &Project, tree: &std::path::Path, args: &BuildArgs)
     ));
     ui::detail(format!("log: {}", built.log.display()));
     Ok(ExitCode::Passed)
+}
+
+/// Names the template when the compiler's errors are in the syscall body,
+/// because kernel/NAME.c is generated and edits to it are overwritten.
+fn point_at_template(project: &Project, error: anyhow::Error) -> anyhow::Error {
+    let generated = format!("kernel/{}.c", project.syscall.name);
+    if !format!("{error:#}").contains(&generated) {
+        return error;
+    }
+    let template = crate::template::describe(&project.syscall.template);
+    error.context(format!(
+        "the errors are in {generated}, which kbuild generates from template {template}; \
+         fix the template, then run `kbuild patch-and-build`"
+    ))
 }

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 
-use super::validate::is_c_identifier;
+use super::validate::is_c_name;
 use super::FILE_NAME;
 use crate::exit::Failure;
 
@@ -22,7 +22,7 @@ pub struct InitOptions {
 
 /// Writes the project file and returns its path.
 pub fn write_project_file(options: &InitOptions) -> anyhow::Result<PathBuf> {
-    if !is_c_identifier(&options.name) {
+    if !is_c_name(&options.name) {
         return Err(Failure::usage(format!(
             "invalid syscall name {:?}: use a C identifier (letters, digits and underscores, \
              not starting with a digit)",

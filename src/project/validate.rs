@@ -60,6 +60,53 @@ pub fn is_c_identifier(name: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
+/// C keywords, which cannot name a syscall or a parameter.
+const C_KEYWORDS: &[&str] = &[
+    "auto",
+    "break",
+    "case",
+    "char",
+    "const",
+    "continue",
+    "default",
+    "do",
+    "double",
+    "else",
+    "enum",
+    "extern",
+    "float",
+    "for",
+    "goto",
+    "if",
+    "inline",
+    "int",
+    "long",
+    "register",
+    "restrict",
+    "return",
+    "short",
+    "signed",
+    "sizeof",
+    "static",
+    "struct",
+    "switch",
+    "typedef",
+    "union",
+    "unsigned",
+    "void",
+    "volatile",
+    "while",
+    "_Bool",
+    "_Complex",
+    "_Imaginary",
+];
+
+/// True for a C identifier that is not a C keyword, so it can name a
+/// syscall or a parameter.
+pub fn is_c_name(name: &str) -> bool {
+    is_c_identifier(name) && !C_KEYWORDS.contains(&name)
+}
+
 /// True for a plausible C parameter type such as `const char __user *`.
 fn is_c_type(c_type: &str) -> bool {
     !c_type.trim().is_empty()
@@ -94,7 +141,7 @@ impl Checker<'_> {
 
     fn syscall(&self, raw: &RawProject) -> anyhow::Result<SyscallSpec> {
         let name = &raw.syscall.name;
-        if !is_c_identifier(name.get_ref()) {
+        if !is_c_name(name.get_ref()) {
             return self.reject(
                 &name.span(),
                 format!(
@@ -142,7 +189,7 @@ impl Checker<'_> {
                     ),
                 );
             }
-            if !is_c_identifier(arg.name.get_ref()) {
+            if !is_c_name(arg.name.get_ref()) {
                 return self.reject(
                     &arg.name.span(),
                     format!(
@@ -427,6 +474,15 @@ source = "linux"
         let text = GOOD.replace("args = [20, 22]", "args = [\"hi\", 22]");
         let project = parse(Path::new("/p/kbuild.toml"), &text).unwrap();
         assert_eq!(project.test.args[0], TestArg::Str("hi".into()));
+    }
+
+    #[test]
+    fn keyword_argument_name_rejected() {
+        let message = parse_error(&GOOD.replace("name = \"a\"", "name = \"int\""));
+        assert!(
+            message.contains("invalid argument name \"int\""),
+            "{message}"
+        );
     }
 
     #[test]
