@@ -28,6 +28,6 @@ apt-get update -q
 
 apt-get install -y -q --no-install-recommends \
   build-essential bc flex bison libelf-dev libssl-dev dwarves pkg-config zlib1g-dev openssh-server openssh-client openssl \
-  cpio gzip xz-utils ccache rsync linux-source-6.1 mmdebstrap fdisk e2fsprogs
+  cpio gzip xz-utils ccache rsync linux-source-6.1 mmdebstrap fdisk e2fsprogs python3
 
-apt-get install -y -q --no-install-recommends "${backports[@]}" qemu-system-x86
+apt-get install -y -q --no-install-recommends "${backports[@]}" qemu-system-x86 qemu-utils
