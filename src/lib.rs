@@ -4,7 +4,7 @@
 //! The pipeline, in the order it runs: `project` (the project file),
 //! `source` (the kernel tree), `patch` (syscall table and body), `build`
 //! (config and make), `verify` (boot and check). `commands` maps each
-//! subcommand onto these steps; `ui` owns what the user sees.
+//! subcommand onto these steps; `ui` owns all output for the user.
 
 pub mod build;
 pub mod cli;

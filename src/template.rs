@@ -48,7 +48,7 @@ pub fn describe(reference: &TemplateRef) -> String {
 /// Replaces each `{{key}}` in `text` with its value.
 ///
 /// A placeholder with no value is an error that names it and `origin`, so a
-/// user's template that asks for `{{arg2}}` of a one-argument syscall fails
+/// user's template that uses `{{arg2}}` of a one-argument syscall fails
 /// before anything is written.
 pub fn render(origin: &str, text: &str, values: &[(&str, String)]) -> anyhow::Result<String> {
     let mut output = String::with_capacity(text.len());

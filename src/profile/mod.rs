@@ -29,7 +29,7 @@ pub const BUILTIN: &[(&str, &str)] = &[
 pub struct Profile {
     pub name: String,
     pub description: String,
-    /// Where the profile came from: `builtin:NAME` or a file path, for messages.
+    /// Origin of the profile: `builtin:NAME` or a file path, for messages.
     pub origin: String,
     pub image: ImageSpec,
     pub machine: MachineSpec,
@@ -50,7 +50,7 @@ pub struct ImageSpec {
     pub file: Option<String>,
 }
 
-/// Where the expected digest of the download comes from.
+/// Source of the expected digest of the download.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ChecksumSource {
     Digest(Digest),

@@ -8,7 +8,7 @@ use super::validate::is_c_name;
 use super::FILE_NAME;
 use crate::exit::Failure;
 
-/// What `kbuild init` was asked for.
+/// Options of `kbuild init`.
 #[derive(Debug, Clone)]
 pub struct InitOptions {
     /// Folder to write `kbuild.toml` into.

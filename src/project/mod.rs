@@ -25,7 +25,7 @@ pub const MAX_ARGS: usize = 6;
 pub struct Project {
     /// The project file itself.
     pub path: PathBuf,
-    /// The folder that holds the project file.
+    /// Folder that contains the project file.
     pub dir: PathBuf,
     pub syscall: SyscallSpec,
     pub test: TestSpec,
@@ -106,14 +106,14 @@ impl Arch {
         }
     }
 
-    /// The bootable kernel image, relative to the build folder.
+    /// Returns the bootable kernel image's path, relative to the build folder.
     pub fn kernel_image(self) -> &'static str {
         match self {
             Arch::X86_64 => "arch/x86/boot/bzImage",
         }
     }
 
-    /// The QEMU system emulator for this architecture.
+    /// Returns the QEMU system emulator for this architecture.
     pub fn qemu_binary(self) -> &'static str {
         match self {
             Arch::X86_64 => "qemu-system-x86_64",
@@ -132,7 +132,7 @@ pub struct BuildSpec {
     pub dir: PathBuf,
 }
 
-/// Where the kernel configuration starts from.
+/// Starting point of the kernel configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ConfigBase {
     Defconfig,
@@ -196,7 +196,7 @@ impl Project {
         self.dir.join(".kbuild")
     }
 
-    /// The folder that build and boot logs go to.
+    /// Returns the folder for build and boot logs.
     pub fn log_dir(&self) -> PathBuf {
         self.state_dir().join("logs")
     }

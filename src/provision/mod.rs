@@ -14,7 +14,7 @@ use crate::ui;
 /// Lines of a failed install command quoted in the error.
 const QUOTED_LINES: usize = 15;
 
-/// What provisioning found and did.
+/// Result of provisioning: the guest's resources and the packages installed.
 #[derive(Debug, Clone)]
 pub struct Provisioned {
     pub resources: resources::GuestResources,

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use crate::profile::DiskFormat;
 use crate::verify::Accel;
 
-/// What a backend needs to create and boot one VM.
+/// Settings a backend needs to create and boot one VM.
 #[derive(Debug, Clone)]
 pub struct VmConfig {
     /// Unique per project, used for VirtualBox registration and messages.
@@ -50,7 +50,7 @@ pub enum VmStatus {
     Missing,
 }
 
-/// What kbuild records about a created VM, in `<dir>/vm.toml`.
+/// Record of a created VM, in `<dir>/vm.toml`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VmState {
     pub backend: String,

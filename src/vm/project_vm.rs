@@ -13,7 +13,7 @@ use crate::profile::{DiskFormat, Profile};
 use crate::project::Project;
 use crate::ssh::Target;
 
-/// What `up` recorded about the VM's origin, in `<vm dir>/origin.toml`, so
+/// Record of the VM's origin that `up` writes, in `<vm dir>/origin.toml`, so
 /// that `status`, `ssh`, `down` and `destroy` work without the image.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Origin {
@@ -32,17 +32,17 @@ pub struct ProjectVm {
     pub user: String,
 }
 
-/// The folder of the project's VM.
+/// Returns the folder of the project's VM.
 pub fn vm_dir(project: &Project) -> PathBuf {
     project.state_dir().join("vm")
 }
 
-/// The folder of the project's SSH key pair, kept when the VM is destroyed.
+/// Returns the folder of the project's SSH key pair, which `destroy` keeps.
 pub fn key_dir(project: &Project) -> PathBuf {
     project.state_dir().join("ssh")
 }
 
-/// A VM name unique to the project folder, such as `kbuild-3f9a0c12d4`.
+/// Returns a VM name unique to the project folder, such as `kbuild-3f9a0c12d4`.
 pub fn vm_name(project: &Project) -> String {
     let digest = Sha256::digest(project.dir.as_os_str().as_encoded_bytes());
     let hex: String = digest
@@ -126,7 +126,7 @@ impl ProjectVm {
         }))
     }
 
-    /// The SSH target for a VM state: always 127.0.0.1 and the forwarded port.
+    /// Returns the SSH target for a VM state: always 127.0.0.1 and the forwarded port.
     pub fn target(&self, project: &Project, state: &VmState) -> Target {
         Target {
             host: "127.0.0.1".to_string(),

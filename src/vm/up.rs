@@ -18,12 +18,13 @@ use crate::ssh::{self, Session, Target};
 use crate::verify::Accel;
 use crate::{paths, ui};
 
-/// Console lines shown when the guest does not answer.
+/// Console lines shown when the guest does not respond.
 const CONSOLE_LINES: usize = 40;
 
-/// Seconds a boot may take before SSH answers. A Debian cloud image under
-/// TCG on 2 cores answered after 27-43 s alone and up to 170 s while other
-/// VMs ran beside it, so the default leaves room for a loaded CI machine.
+/// Seconds a boot may take before SSH accepts a login. The Debian 12 test
+/// image under TCG on 2 cores took 39-61 s alone and up to 170 s while other
+/// VMs ran beside it (measured here), so the default leaves room for a loaded
+/// CI machine.
 pub const DEFAULT_BOOT_TIMEOUT: Duration = Duration::from_secs(600);
 
 #[derive(Debug, Clone)]
