@@ -7,39 +7,10 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
-struct Kbuild {
-    project: PathBuf,
-    home: PathBuf,
-}
-
-impl Kbuild {
-    fn run(&self, args: &[&str]) -> Output {
-        let output = Command::new(env!("CARGO_BIN_EXE_kbuild"))
-            .args(args)
-            .arg("--project")
-            .arg(&self.project)
-            .env("CI", "true")
-            .env("HOME", &self.home)
-            .env("KBUILD_CACHE_DIR", self.home.join("cache"))
-            .env("CCACHE_DIR", support::cache_dir().join("ccache"))
-            // Each run's tree and build folder are new temporary folders, so
-            // ccache must hash paths relative to them to hit its cache.
-            .env("CCACHE_BASEDIR", self.project.parent().unwrap())
-            .output()
-            .expect("starting kbuild");
-        eprintln!(
-            "$ kbuild {}\nexit: {:?}\n--- stdout\n{}--- stderr\n{}",
-            args.join(" "),
-            output.status.code(),
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
-        output
-    }
-}
+use support::Kbuild;
 
 fn stdout(output: &Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()

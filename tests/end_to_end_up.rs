@@ -14,10 +14,11 @@ mod http_server;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
 use http_server::HttpServer;
 use sha2::{Digest, Sha256};
+use support::Kbuild;
 
 const IMAGE: &str = "debian-12-kbuild-test.qcow2";
 
@@ -78,33 +79,6 @@ build_deps = ["kmod", "sudo", "bc"]
         image = server.url(&format!("/{IMAGE}.gz")),
         sums = server.url("/SHA256SUMS"),
     )
-}
-
-struct Kbuild {
-    project: PathBuf,
-    home: PathBuf,
-}
-
-impl Kbuild {
-    fn run(&self, args: &[&str]) -> Output {
-        let output = Command::new(env!("CARGO_BIN_EXE_kbuild"))
-            .arg("--project")
-            .arg(&self.project)
-            .args(args)
-            .env("CI", "true")
-            .env("HOME", &self.home)
-            .env("KBUILD_CACHE_DIR", self.home.join("cache"))
-            .output()
-            .expect("starting kbuild");
-        eprintln!(
-            "$ kbuild {}\nexit: {:?}\n--- stdout\n{}--- stderr\n{}",
-            args.join(" "),
-            output.status.code(),
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
-        output
-    }
 }
 
 fn text(bytes: &[u8]) -> String {

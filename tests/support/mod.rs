@@ -6,7 +6,7 @@
 use std::fs::File;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Output};
 
 /// The kernel tarball the tests use; `KBUILD_TEST_TARBALL` overrides it.
 pub fn tarball() -> PathBuf {
@@ -145,5 +145,41 @@ pub async fn plain_kernel() -> PathBuf {
     match kbuild::build::build(&project, &project.kernel.source, &options).await {
         Ok(built) => built.image,
         Err(error) => panic!("building the plain kernel failed: {error:#}"),
+    }
+}
+
+/// Runs the kbuild binary on one project with a test's own home and cache
+/// folders, as CI does, and echoes each run's output for failing tests.
+pub struct Kbuild {
+    pub project: PathBuf,
+    pub home: PathBuf,
+}
+
+impl Kbuild {
+    pub fn run(&self, args: &[&str]) -> Output {
+        let output = Command::new(env!("CARGO_BIN_EXE_kbuild"))
+            .arg("--project")
+            .arg(&self.project)
+            .args(args)
+            .env("CI", "true")
+            .env("HOME", &self.home)
+            .env("KBUILD_CACHE_DIR", self.home.join("cache"))
+            .env("CCACHE_DIR", cache_dir().join("ccache"))
+            // Each run's tree and build folder are new temporary folders, so
+            // ccache must hash paths relative to them to hit its cache.
+            .env(
+                "CCACHE_BASEDIR",
+                self.project.parent().expect("project folder"),
+            )
+            .output()
+            .expect("starting kbuild");
+        eprintln!(
+            "$ kbuild {}\nexit: {:?}\n--- stdout\n{}--- stderr\n{}",
+            args.join(" "),
+            output.status.code(),
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        output
     }
 }
