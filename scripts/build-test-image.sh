@@ -14,7 +14,9 @@
 # removed too: run `apt-get update` in the guest before installing packages.
 # The guest's only apt source is a local repository in /srv/kbuild-test-repo
 # that holds bc and its dependencies, so tests can install a package with no
-# network.
+# network. The other kernel build tools (gcc, make, flex, bison and the libelf
+# and libssl headers) are installed in the image, because installing them under
+# TCG would add minutes to every test run.
 #
 # Prints the path of the copied image on stdout; progress goes to stderr.
 set -Eeuo pipefail
@@ -26,6 +28,7 @@ readonly fs_label=kbuild-root
 readonly packages=(
   linux-image-amd64 grub-pc udev kmod systemd-sysv systemd-resolved netbase iproute2
   openssh-server cloud-init cloud-guest-utils sudo ca-certificates
+  gcc libc6-dev make flex bison libelf-dev libssl-dev cpio xz-utils
 )
 
 if [ "$#" -ne 1 ]; then

@@ -94,6 +94,18 @@ pub struct BuildArgs {
     /// Parallel make jobs (default: build.jobs, else CPUs capped by available memory)
     #[arg(short, long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub jobs: Option<u32>,
+
+    /// Build inside the project's VM and install the kernel there (default when the VM runs)
+    #[arg(long, conflicts_with_all = ["on_host", "no_vm"])]
+    pub in_guest: bool,
+
+    /// Build on the host with the [vm] config, then send the kernel to the VM and install it
+    #[arg(long, conflicts_with = "no_vm")]
+    pub on_host: bool,
+
+    /// Build on the host for `verify --direct` only, even when the VM runs
+    #[arg(long)]
+    pub no_vm: bool,
 }
 
 #[derive(Debug, Args)]
@@ -106,7 +118,8 @@ pub struct VerifyArgs {
     #[arg(long, value_name = "ACCEL", value_parser = parse_accel)]
     pub accel: Option<Accel>,
 
-    /// Seconds the boot may take (default: test.timeout in kbuild.toml, else 180)
+    /// Seconds the boot may take (default: test.timeout in kbuild.toml, else 180, for
+    /// --direct; 600 for a reboot of the VM)
     #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
     pub timeout: Option<u64>,
 }

@@ -10,6 +10,7 @@ pub mod build;
 pub mod cli;
 pub mod commands;
 pub mod exit;
+pub mod guest;
 pub mod host;
 pub mod image;
 pub mod logging;

@@ -7,7 +7,9 @@ use std::process::Command;
 use anyhow::Context;
 
 use crate::exit::Failure;
-use crate::project::Project;
+use crate::image::{self, FetchOptions};
+use crate::profile::{Archive, ChecksumSource, Digest, DigestAlgorithm, DiskFormat, ImageSpec};
+use crate::project::{Project, SourceDownload};
 use crate::ui;
 
 const TARBALL_SUFFIXES: &[&str] = &[".tar.xz", ".tar.gz", ".tgz", ".tar.bz2", ".tar.zst", ".tar"];
@@ -15,8 +17,23 @@ const TARBALL_SUFFIXES: &[&str] = &[".tar.xz", ".tar.gz", ".tgz", ".tar.bz2", ".
 /// File in an unpacked tree that records which tarball it came from.
 const STAMP: &str = ".kbuild-unpacked-from";
 
-/// Returns the kernel tree for `project`, unpacking a tarball source on first use.
-pub fn kernel_tree(project: &Project) -> anyhow::Result<PathBuf> {
+/// Returns the kernel tree for `project`, downloading and unpacking a
+/// tarball source on first use.
+pub async fn kernel_tree(project: &Project) -> anyhow::Result<PathBuf> {
+    if let Some(download) = &project.kernel.download {
+        let tarball = fetch_tarball(download).await?;
+        let stem = tarball_stem(&tarball).ok_or_else(|| {
+            Failure::usage(format!(
+                "kernel source {} is not a tarball ({}); give the URL of one",
+                download.url,
+                TARBALL_SUFFIXES.join(", ")
+            ))
+        })?;
+        let tree = project.state_dir().join("source").join(stem);
+        unpack_once(&tarball, &tree)?;
+        check_kernel_tree(&tree)?;
+        return Ok(tree);
+    }
     let source = &project.kernel.source;
     if source.is_dir() {
         check_kernel_tree(source)?;
@@ -41,6 +58,24 @@ pub fn kernel_tree(project: &Project) -> anyhow::Result<PathBuf> {
     unpack_once(source, &tree)?;
     check_kernel_tree(&tree)?;
     Ok(tree)
+}
+
+/// Downloads the tarball (or finds it in the cache), checked against its
+/// SHA-256, and returns the cached file.
+async fn fetch_tarball(download: &SourceDownload) -> anyhow::Result<PathBuf> {
+    let spec = ImageSpec {
+        urls: vec![download.url.clone()],
+        checksum: ChecksumSource::Digest(Digest {
+            algorithm: DigestAlgorithm::Sha256,
+            hex: download.sha256.clone(),
+        }),
+        archive: Archive::None,
+        format: DiskFormat::Raw,
+        file: None,
+    };
+    let cache = crate::paths::cache_dir().join("sources");
+    let fetched = image::fetch_image(&spec, &cache, &FetchOptions::default()).await?;
+    Ok(fetched.path)
 }
 
 /// Checks that `tree` looks like a Linux source tree: a top Makefile that sets VERSION.

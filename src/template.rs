@@ -15,8 +15,10 @@ pub const SYSCALL_BODIES: &[(&str, &str)] = &[
 ];
 
 /// Kconfig fragments by name.
-pub const KCONFIG_FRAGMENTS: &[(&str, &str)] =
-    &[("boot", include_str!("../templates/kconfig/boot.config"))];
+pub const KCONFIG_FRAGMENTS: &[(&str, &str)] = &[
+    ("boot", include_str!("../templates/kconfig/boot.config")),
+    ("vm", include_str!("../templates/kconfig/vm.config")),
+];
 
 /// The test program that calls the syscall and prints its result.
 pub const TEST_PROGRAM: &str = include_str!("../templates/test/syscall_test.c");

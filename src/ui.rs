@@ -108,3 +108,35 @@ fn draw_target() -> ProgressDrawTarget {
 pub fn seconds(duration: Duration) -> String {
     format!("{:.1}s", duration.as_secs_f64())
 }
+
+/// Formats a byte count in B, KiB, MiB or GiB with one decimal.
+pub fn bytes(count: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if count < 1024 {
+        return format!("{count} B");
+    }
+    let mut value = count as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bytes_small_in_bytes() {
+        assert_eq!(bytes(512), "512 B");
+    }
+
+    #[test]
+    fn bytes_large_in_binary_units() {
+        assert_eq!(bytes(24_118), "23.6 KiB");
+        assert_eq!(bytes(323_084_497), "308.1 MiB");
+        assert_eq!(bytes(3 * 1024 * 1024 * 1024), "3.0 GiB");
+    }
+}

@@ -12,105 +12,13 @@ mod support;
 #[path = "support/http_server.rs"]
 mod http_server;
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
+#[path = "support/test_vm.rs"]
+mod test_vm;
+
 use std::process::Command;
 
-use http_server::HttpServer;
-use sha2::{Digest, Sha256};
 use support::Kbuild;
-
-const IMAGE: &str = "debian-12-kbuild-test.qcow2";
-
-/// Builds the test image (or takes it from the cache) into `dir`.
-fn test_image(dir: &Path) -> PathBuf {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/build-test-image.sh");
-    let _lock = support::lock_cache("image");
-    support::run(Command::new("bash").arg(&script).arg(dir));
-    dir.join(IMAGE)
-}
-
-/// Writes `image.gz` and a GNU-style SHA256SUMS next to it.
-fn compress(image: &Path, dir: &Path) -> (PathBuf, PathBuf) {
-    let gz = dir.join(format!("{IMAGE}.gz"));
-    let output = Command::new("gzip")
-        .args(["-1", "-c"])
-        .arg(image)
-        .output()
-        .unwrap();
-    assert!(output.status.success(), "gzip failed");
-    std::fs::write(&gz, &output.stdout).unwrap();
-    let digest: String = Sha256::digest(&output.stdout)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    let sums = dir.join("SHA256SUMS");
-    let mut file = std::fs::File::create(&sums).unwrap();
-    writeln!(file, "{digest}  {IMAGE}.gz").unwrap();
-    (gz, sums)
-}
-
-fn profile_text(server: &HttpServer) -> String {
-    format!(
-        r#"name = "debian-12-test"
-description = "kbuild's local Debian 12 test image"
-
-[image]
-urls = ["{image}"]
-checksum_url = "{sums}"
-archive = "gz"
-format = "qcow2"
-
-[machine]
-backends = ["qemu"]
-cpus = 2
-memory_mib = 1024
-disk_gib = 6
-network = "isolated"
-
-[login]
-user = "debian"
-method = "cloud-init"
-
-[packages]
-manager = "apt"
-build_deps = ["kmod", "sudo", "bc"]
-"#,
-        image = server.url(&format!("/{IMAGE}.gz")),
-        sums = server.url("/SHA256SUMS"),
-    )
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-/// Process ids of QEMU processes whose command line names `dir`.
-fn qemu_processes(dir: &Path) -> Vec<u32> {
-    let needle = dir.to_string_lossy().into_owned();
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            let status = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            let zombie = status.split_whitespace().nth(2) == Some("Z");
-            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            !zombie && text(&cmdline).contains(&needle) && text(&cmdline).contains("qemu-system")
-        })
-        .collect()
-}
-
-/// Kills the QEMU processes of a VM folder when dropped, so a failed test
-/// leaves no VM running.
-struct VmGuard(PathBuf);
-
-impl Drop for VmGuard {
-    fn drop(&mut self) {
-        for pid in qemu_processes(&self.0) {
-            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-        }
-    }
-}
+use test_vm::{profile_text, qemu_processes, serve_image, text, VmGuard};
 
 fn port_listens(port: u16) -> bool {
     std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
@@ -132,15 +40,15 @@ fn ssh_port(status_stdout: &str) -> u16 {
 #[test]
 fn up_ssh_down_destroy_on_debian_12() {
     let work = tempfile::tempdir_in(support::cache_dir()).unwrap();
-    let image = test_image(&work.path().join("image"));
-    let (gz, sums) = compress(&image, work.path());
-    let server = HttpServer::start();
-    server.serve_file(&format!("/{IMAGE}.gz"), gz);
-    server.serve_file("/SHA256SUMS", sums);
+    let server = serve_image(work.path());
 
     let project_dir = work.path().join("project");
     std::fs::create_dir_all(&project_dir).unwrap();
-    std::fs::write(project_dir.join("test-profile.toml"), profile_text(&server)).unwrap();
+    std::fs::write(
+        project_dir.join("test-profile.toml"),
+        profile_text(&server, 6, 1024),
+    )
+    .unwrap();
     let init = Command::new(env!("CARGO_BIN_EXE_kbuild"))
         .args(["init", "--dir"])
         .arg(&project_dir)

@@ -20,37 +20,15 @@ cleanup() {
 }
 trap cleanup EXIT
 
-image=$(bash "$repo/scripts/build-test-image.sh" "$work/image")
-gzip -1 -c "$image" >"$work/image/disk.qcow2.gz"
-(cd "$work/image" && sha256sum disk.qcow2.gz >SUMS)
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-python3 -m http.server "$port" --bind 127.0.0.1 --directory "$work/image" >/dev/null 2>&1 &
-server_pid=$!
-sleep 1
+# shellcheck source=scripts/bench/common.sh
+source "$repo/scripts/bench/common.sh"
+serve_test_image
 
 mkdir -p "$work/project" "$work/home"
 export HOME=$work/home CI=true KBUILD_CACHE_DIR=$work/cache
 "$kbuild" init --dir "$work/project" --source linux >/dev/null 2>&1
 sed -i 's|^profile = .*|profile = "bench.toml"|' "$work/project/kbuild.toml"
-cat >"$work/project/bench.toml" <<PROFILE
-name = "bench"
-[image]
-urls = ["http://127.0.0.1:$port/disk.qcow2.gz"]
-checksum_url = "http://127.0.0.1:$port/SUMS"
-format = "qcow2"
-[machine]
-backends = ["qemu"]
-cpus = 2
-memory_mib = 1024
-disk_gib = 6
-network = "isolated"
-[login]
-user = "debian"
-method = "cloud-init"
-[packages]
-manager = "apt"
-build_deps = ["kmod"]
-PROFILE
+write_bench_profile "$work/project/bench.toml"
 project=(--project "$work/project/kbuild.toml")
 
 # Fills the image cache and keeps the seed for the bare runs, then removes the VM.
@@ -76,7 +54,7 @@ time_bare() {
   cp "$work/seed.img" "$dir/seed.img"
   base=$(find "$work/cache/images" -name 'disk.qcow2' | head -n 1)
   qemu-img create -q -f qcow2 -F qcow2 -b "$base" "$dir/disk.qcow2" 6G
-  ssh_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  ssh_port=$(free_port)
   start=$(date +%s.%N)
   qemu-system-x86_64 -machine q35 -accel tcg -smp 2 -m 1024 \
     -drive "file=$dir/disk.qcow2,if=virtio,format=qcow2" \

@@ -17,8 +17,9 @@ use crate::project::{ConfigBase, Project, TemplateRef};
 /// The running kernel's config, when built with `CONFIG_IKCONFIG_PROC`.
 const PROC_CONFIG: &str = "/proc/config.gz";
 
-/// The built-in fragment whose options a direct QEMU boot cannot do without.
-const BOOT_FRAGMENT: &str = "boot";
+/// The built-in fragments whose options a boot cannot do without: a direct
+/// QEMU boot (`boot`) or a distribution's VM image (`vm`).
+const BOOT_FRAGMENTS: &[&str] = &["boot", "vm"];
 
 /// Where the configuration starts.
 enum Base {
@@ -40,7 +41,12 @@ struct Fragment {
 pub async fn configure(project: &Project, make: &Make, log: &Path) -> anyhow::Result<bool> {
     let base = load_base(&project.build.config)?;
     let fragments = load_fragments(&project.build.fragments)?;
-    let fingerprint = fingerprint_of(&project.build.config, &base, &fragments, make);
+    let lsmod = match &project.build.lsmod {
+        Some(path) => std::fs::read(path)
+            .with_context(|| format!("reading lsmod output {}", path.display()))?,
+        None => Vec::new(),
+    };
+    let fingerprint = fingerprint_of(&project.build.config, &base, &lsmod, &fragments, make);
     let build_dir = &make.build_dir;
     if build_dir.join(".config").is_file()
         && fingerprint::read(build_dir).as_deref() == Some(&fingerprint)
@@ -62,6 +68,11 @@ pub async fn configure(project: &Project, make: &Make, log: &Path) -> anyhow::Re
         ),
     );
     write_base(&base, make, log).await?;
+    if let Some(path) = &project.build.lsmod {
+        let argument = format!("LSMOD={}", path.display());
+        let command = make.command(&[argument.as_str(), "localmodconfig"]);
+        make::run_logged(command, build_dir, log, "make localmodconfig").await?;
+    }
     merge_fragments(project, &fragments, make, log).await?;
     run_make(make, "olddefconfig", log).await?;
     certs::fix_missing_certs(&make.tree, build_dir, log).await?;
@@ -70,7 +81,13 @@ pub async fn configure(project: &Project, make: &Make, log: &Path) -> anyhow::Re
     Ok(true)
 }
 
-fn fingerprint_of(config: &ConfigBase, base: &Base, fragments: &[Fragment], make: &Make) -> String {
+fn fingerprint_of(
+    config: &ConfigBase,
+    base: &Base,
+    lsmod: &[u8],
+    fragments: &[Fragment],
+    make: &Make,
+) -> String {
     let named: Vec<(String, String)> = fragments
         .iter()
         .map(|fragment| (fragment.name.clone(), fragment.text.clone()))
@@ -79,15 +96,20 @@ fn fingerprint_of(config: &ConfigBase, base: &Base, fragments: &[Fragment], make
         ConfigBase::Defconfig => "defconfig",
         ConfigBase::Tinyconfig => "tinyconfig",
         ConfigBase::Running => "running",
+        ConfigBase::Guest => "guest",
         ConfigBase::File(_) => "file",
     };
-    let base_text = match base {
-        Base::Target(_) => &[][..],
-        Base::Text { text, .. } => &text[..],
+    let mut base_text = match base {
+        Base::Target(_) => Vec::new(),
+        Base::Text { text, .. } => text.clone(),
     };
+    if !lsmod.is_empty() {
+        base_text.extend_from_slice(b"\n# lsmod\n");
+        base_text.extend_from_slice(lsmod);
+    }
     fingerprint::fingerprint(&ConfigInputs {
         base_kind,
-        base_text,
+        base_text: &base_text,
         fragments: &named,
         arch: make.arch,
         tree: &make.tree,
@@ -125,6 +147,10 @@ fn load_base(base: &ConfigBase) -> anyhow::Result<Base> {
             })
         }
         ConfigBase::Running => running_config(),
+        ConfigBase::Guest => Err(Failure::usage(
+            "config base \"guest\" needs the VM's config; kbuild reads it when it builds \
+             for the VM (`kbuild patch-and-build --in-guest` or `--on-host`)",
+        )),
     }
 }
 
@@ -168,7 +194,8 @@ fn load_fragments(references: &[TemplateRef]) -> anyhow::Result<Vec<Fragment>> {
             Ok(Fragment {
                 name: crate::template::describe(reference),
                 text: crate::template::load(reference, crate::template::KCONFIG_FRAGMENTS)?,
-                required: *reference == TemplateRef::Builtin(BOOT_FRAGMENT.to_string()),
+                required: matches!(reference, TemplateRef::Builtin(name)
+                    if BOOT_FRAGMENTS.contains(&name.as_str())),
             })
         })
         .collect()

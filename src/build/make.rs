@@ -230,7 +230,7 @@ fn copy_lines<F: FnMut(&[u8])>(
 }
 
 /// Reads the log from `offset` on, as text.
-fn read_from(log: &Path, offset: u64) -> anyhow::Result<String> {
+pub fn read_from(log: &Path, offset: u64) -> anyhow::Result<String> {
     let mut file = File::open(log).with_context(|| format!("opening {}", log.display()))?;
     file.seek(SeekFrom::Start(offset))
         .with_context(|| format!("seeking in {}", log.display()))?;

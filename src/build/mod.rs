@@ -19,7 +19,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
+pub use hints::failure_message;
 pub use jobs::{job_count, PER_JOB_BYTES};
+pub use make::read_from as read_log_from;
+pub use progress::{track as track_progress, Handle as ProgressHandle, Tracker};
 
 use crate::exit::Failure;
 use crate::project::{Ccache, Project};
@@ -61,7 +64,7 @@ pub async fn build(
     let started = Instant::now();
     let make = prepare(project, tree)?;
     let jobs = jobs::resolve(project, options.jobs)?;
-    let log = create_log(&project.log_dir())?;
+    let log = create_log(&project.log_dir(), "build")?;
 
     let compiler = make.cc.as_deref().unwrap_or("the default compiler");
     crate::ui::status(
@@ -101,6 +104,69 @@ pub async fn build(
         ),
     );
     Ok(built)
+}
+
+/// A `.config` written by [`configure`].
+#[derive(Debug, Clone)]
+pub struct Configured {
+    /// The `O=` folder that holds `.config`.
+    pub build_dir: PathBuf,
+    /// The log of the config steps.
+    pub log: PathBuf,
+    /// False when the inputs were unchanged and the old `.config` was kept.
+    pub changed: bool,
+}
+
+/// Writes `.config` in project.build.dir without building, for a build
+/// that runs elsewhere (in the VM).
+pub async fn configure(project: &Project, tree: &Path) -> anyhow::Result<Configured> {
+    let make = prepare(project, tree)?;
+    let log = create_log(&project.log_dir(), "config")?;
+    let changed = config::configure(project, &make, &log).await?;
+    Ok(Configured {
+        build_dir: make.build_dir,
+        log,
+        changed,
+    })
+}
+
+/// Runs `make modules_install` into `dest` with the modules stripped, when
+/// the build's config has `CONFIG_MODULES=y`; returns whether it did.
+pub async fn modules_install(
+    project: &Project,
+    tree: &Path,
+    dest: &Path,
+    log: &Path,
+) -> anyhow::Result<bool> {
+    let make = prepare(project, tree)?;
+    if !config_enables(&make.build_dir, "CONFIG_MODULES")? {
+        return Ok(false);
+    }
+    let jobs = jobs::resolve(project, None)?;
+    let install_path = format!("INSTALL_MOD_PATH={}", dest.display());
+    let command = make.command(&[
+        format!("-j{jobs}"),
+        install_path,
+        "INSTALL_MOD_STRIP=1".to_string(),
+        "modules_install".to_string(),
+    ]);
+    make::run_logged(command, &make.build_dir, log, "make modules_install").await?;
+    Ok(true)
+}
+
+/// True when the `.config` in `build_dir` sets `option=y`.
+pub fn config_enables(build_dir: &Path, option: &str) -> anyhow::Result<bool> {
+    let path = build_dir.join(".config");
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let wanted = format!("{option}=y");
+    Ok(text.lines().any(|line| line.trim_end() == wanted))
+}
+
+/// Reads the kernel release that a configured build folder will produce,
+/// such as `6.1.158`.
+pub fn release_of(build_dir: &Path) -> anyhow::Result<String> {
+    read_release(build_dir)
 }
 
 /// The kernel image a build produces: build dir + arch.kernel_image().
@@ -191,16 +257,16 @@ fn read_release(build_dir: &Path) -> anyhow::Result<String> {
     Ok(text.trim().to_string())
 }
 
-/// Creates `build-YYYYmmdd-HHMMSS.log` in `log_dir`, with a numeric suffix
-/// when a build in the same second already has that name.
-fn create_log(log_dir: &Path) -> anyhow::Result<PathBuf> {
+/// Creates `<prefix>-YYYYmmdd-HHMMSS.log` in `log_dir`, with a numeric
+/// suffix when a log of the same second already has that name.
+pub fn create_log(log_dir: &Path, prefix: &str) -> anyhow::Result<PathBuf> {
     std::fs::create_dir_all(log_dir)
         .with_context(|| format!("creating log folder {}", log_dir.display()))?;
     let stamp = local_timestamp();
     for attempt in 1..100 {
         let name = match attempt {
-            1 => format!("build-{stamp}.log"),
-            n => format!("build-{stamp}-{n}.log"),
+            1 => format!("{prefix}-{stamp}.log"),
+            n => format!("{prefix}-{stamp}-{n}.log"),
         };
         let path = log_dir.join(name);
         match File::options().write(true).create_new(true).open(&path) {
@@ -212,7 +278,7 @@ fn create_log(log_dir: &Path) -> anyhow::Result<PathBuf> {
         }
     }
     anyhow::bail!(
-        "too many build logs named build-{stamp}*.log in {}",
+        "too many logs named {prefix}-{stamp}*.log in {}",
         log_dir.display()
     )
 }
@@ -242,7 +308,7 @@ fn local_timestamp() -> String {
 
 /// Writes `contents` to a temporary file beside `path` and renames it over
 /// `path`, so a failed write never leaves a half-written file.
-fn write_atomically(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
+pub fn write_atomically(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
     use std::io::Write;
     let dir = path.parent().unwrap_or(Path::new("."));
     let mut file = tempfile::NamedTempFile::new_in(dir)
@@ -261,15 +327,15 @@ mod tests {
     #[test]
     fn log_names_are_unique() {
         let dir = tempfile::tempdir().unwrap();
-        let first = create_log(dir.path()).unwrap();
-        let second = create_log(dir.path()).unwrap();
+        let first = create_log(dir.path(), "build").unwrap();
+        let second = create_log(dir.path(), "build").unwrap();
         assert_ne!(first, second);
     }
 
     #[test]
     fn log_name_has_timestamp() {
         let dir = tempfile::tempdir().unwrap();
-        let log = create_log(dir.path()).unwrap();
+        let log = create_log(dir.path(), "build").unwrap();
         let name = log.file_name().unwrap().to_string_lossy().into_owned();
         assert_eq!(name.len(), "build-20240101-120000.log".len(), "{name}");
         assert!(name.starts_with("build-20"), "{name}");

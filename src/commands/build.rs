@@ -1,3 +1,4 @@
+use super::guest::{self, Mode};
 use super::{CommandResult, Phase};
 use crate::build::{self, BuildOptions};
 use crate::cli::BuildArgs;
@@ -6,14 +7,30 @@ use crate::project::Project;
 use crate::{source, ui};
 
 pub async fn run(project: &Project, args: &BuildArgs) -> CommandResult {
-    let tree = source::kernel_tree(project).phase(ExitCode::Usage)?;
-    build_tree(project, &tree, args).await
+    let mode = guest::mode(project, args).await?;
+    let tree = source::kernel_tree(project).await.phase(ExitCode::Usage)?;
+    build_in_mode(project, &tree, args, mode).await
 }
 
 pub async fn patch_and_build(project: &Project, args: &BuildArgs) -> CommandResult {
-    let tree = source::kernel_tree(project).phase(ExitCode::Usage)?;
+    let mode = guest::mode(project, args).await?;
+    let tree = source::kernel_tree(project).await.phase(ExitCode::Usage)?;
     super::patch::apply(project, &tree)?;
-    build_tree(project, &tree, args).await
+    build_in_mode(project, &tree, args, mode).await
+}
+
+async fn build_in_mode(
+    project: &Project,
+    tree: &std::path::Path,
+    args: &BuildArgs,
+    mode: Mode,
+) -> CommandResult {
+    match mode {
+        Mode::Host => build_tree(project, tree, args).await,
+        Mode::InGuest | Mode::OnHost => guest::build_for_vm(project, tree, args, mode)
+            .await
+            .map_err(|error| error.map(|error| point_at_template(project, error))),
+    }
 }
 
 async fn build_tree(project: &Project, tree: &std::path::Path, args: &BuildArgs) -> CommandResult {

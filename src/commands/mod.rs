@@ -1,6 +1,7 @@
 //! One function per subcommand; each maps its phases to exit codes.
 
 mod build;
+mod guest;
 mod init;
 mod patch;
 mod up;
@@ -19,6 +20,16 @@ use crate::ui;
 pub struct CommandError {
     error: anyhow::Error,
     phase: ExitCode,
+}
+
+impl CommandError {
+    /// Changes the error, keeping its phase.
+    pub fn map(self, change: impl FnOnce(anyhow::Error) -> anyhow::Error) -> CommandError {
+        CommandError {
+            error: change(self.error),
+            phase: self.phase,
+        }
+    }
 }
 
 impl From<anyhow::Error> for CommandError {
@@ -71,7 +82,7 @@ async fn dispatch(cli: Cli) -> Result<i32, CommandError> {
     let path = cli.project.clone();
     let code = match cli.command {
         Command::Init(args) => init::run(&args),
-        Command::Patch(args) => patch::run(&load(path)?, &args),
+        Command::Patch(args) => patch::run(&load(path)?, &args).await,
         Command::Build(args) => build::run(&load(path)?, &args).await,
         Command::PatchAndBuild(args) => build::patch_and_build(&load(path)?, &args).await,
         Command::Verify(args) => verify::run(&load(path)?, &args).await,

@@ -4,8 +4,8 @@ use crate::exit::ExitCode;
 use crate::project::Project;
 use crate::{patch, source, ui};
 
-pub fn run(project: &Project, args: &PatchArgs) -> CommandResult {
-    let tree = source::kernel_tree(project).phase(ExitCode::Usage)?;
+pub async fn run(project: &Project, args: &PatchArgs) -> CommandResult {
+    let tree = source::kernel_tree(project).await.phase(ExitCode::Usage)?;
     if args.revert {
         revert(project, &tree)
     } else {

@@ -10,13 +10,20 @@ use crate::{build, patch, source, ui};
 
 pub async fn run(project: &Project, args: &VerifyArgs) -> CommandResult {
     if !args.direct {
-        return Err(Failure::usage(
-            "kbuild verify checks inside a VM, which this version cannot do yet; pass --direct \
-             to boot the built kernel with QEMU and run the test as /init",
-        ))
-        .phase(ExitCode::Usage);
+        if !super::guest::vm_runs(project)
+            .await
+            .phase(ExitCode::Infrastructure)?
+        {
+            return Err(Failure::usage(
+                "kbuild verify checks inside the project's VM, which is not running; run \
+                 `kbuild up` and `kbuild patch-and-build`, or pass --direct to boot the host \
+                 build with QEMU and run the test as /init",
+            ))
+            .phase(ExitCode::Usage);
+        }
+        return super::guest::verify_in_vm(project, args).await;
     }
-    let tree = source::kernel_tree(project).phase(ExitCode::Usage)?;
+    let tree = source::kernel_tree(project).await.phase(ExitCode::Usage)?;
     let image = build::kernel_image(project);
     if !image.is_file() {
         return Err(Failure::usage(format!(

@@ -109,8 +109,17 @@ ccache = "auto"
 dir = "build"
 
 [vm]
-# VM profile for building and testing inside a VM.
+# VM profile for building and testing inside a VM (`kbuild up`).
 profile = "debian-12"
+# Config base of the kernel built for the VM: "guest" (the config of the
+# kernel the VM runs, the default), "tinyconfig", "defconfig" or a file.
+# A tinyconfig or defconfig base gets the built-in "vm" fragment, which has
+# what a distribution image needs to boot (virtio, ext4, systemd).
+# config = "guest"
+# fragments = ["vm"]
+# Keep only the modules the VM has loaded (make localmodconfig), so a
+# distribution config builds a few hundred modules instead of thousands.
+# localmodconfig = false
 "#
     )
 }

@@ -78,9 +78,20 @@ pub enum TestArg {
 
 #[derive(Debug, Clone)]
 pub struct KernelSpec {
-    /// A kernel source tree, or a `.tar.xz`/`.tar.gz` tarball that kbuild unpacks.
+    /// A kernel source tree, or a `.tar.xz`/`.tar.gz` tarball that kbuild
+    /// unpacks. For a download, the file name of the tarball.
     pub source: PathBuf,
+    /// A release tarball to download and verify, such as one from kernel.org.
+    pub download: Option<SourceDownload>,
     pub arch: Arch,
+}
+
+/// A kernel tarball that kbuild downloads, checks and caches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceDownload {
+    pub url: String,
+    /// The tarball's SHA-256, lowercase hex.
+    pub sha256: String,
 }
 
 /// Target architectures with a syscall table driver.
@@ -130,6 +141,9 @@ pub struct BuildSpec {
     pub ccache: Ccache,
     /// The `O=` build folder, reused between builds.
     pub dir: PathBuf,
+    /// `lsmod` output of the machine the kernel is for. kbuild sets it (the
+    /// project file cannot) to run `make localmodconfig` after the base.
+    pub lsmod: Option<PathBuf>,
 }
 
 /// Starting point of the kernel configuration.
@@ -139,12 +153,17 @@ pub enum ConfigBase {
     Tinyconfig,
     /// The configuration of the kernel running on the build machine.
     Running,
+    /// The configuration of the kernel running in the project's VM; only
+    /// for kernels built for the VM.
+    Guest,
     File(PathBuf),
 }
 
 impl ConfigBase {
     pub const CHOICES: &'static str =
         "\"defconfig\", \"tinyconfig\", \"running\", or a path to a .config file";
+    pub const VM_CHOICES: &'static str =
+        "\"guest\", \"defconfig\", \"tinyconfig\", or a path to a .config file";
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -158,6 +177,27 @@ pub enum Ccache {
 #[derive(Debug, Clone)]
 pub struct VmSpec {
     pub profile: String,
+    /// Base of the config of a kernel built for the VM; `Guest` by default.
+    pub config: ConfigBase,
+    /// Fragments merged on top of `config`: the built-in `vm` fragment for a
+    /// tinyconfig or defconfig base, none for the guest's own config.
+    pub fragments: Vec<TemplateRef>,
+    /// Runs `make localmodconfig` with the guest's loaded modules, so that
+    /// a distribution config builds only the modules the VM uses.
+    pub localmodconfig: bool,
+}
+
+impl BuildSpec {
+    /// The `O=` folder of kernels built for the VM, beside the fast loop's:
+    /// `build-vm` next to `build`.
+    pub fn vm_dir(&self) -> PathBuf {
+        let mut name = self
+            .dir
+            .file_name()
+            .map_or_else(|| "build".into(), |name| name.to_os_string());
+        name.push("-vm");
+        self.dir.with_file_name(name)
+    }
 }
 
 impl Project {

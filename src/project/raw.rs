@@ -56,6 +56,7 @@ pub enum RawTestArg {
 #[serde(deny_unknown_fields)]
 pub struct RawKernel {
     pub source: Spanned<String>,
+    pub sha256: Option<Spanned<String>>,
     #[serde(default = "default_arch")]
     pub arch: Spanned<String>,
 }
@@ -74,6 +75,9 @@ pub struct RawBuild {
 #[serde(deny_unknown_fields)]
 pub struct RawVm {
     pub profile: Option<Spanned<String>>,
+    pub config: Option<Spanned<String>>,
+    pub fragments: Option<Vec<Spanned<String>>>,
+    pub localmodconfig: Option<bool>,
 }
 
 fn default_template() -> Spanned<String> {

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use toml::Spanned;
 
-use super::raw::{RawArg, RawBuild, RawProject, RawTestArg};
+use super::raw::{RawArg, RawBuild, RawProject, RawTestArg, RawVm};
 use super::*;
 use crate::exit::Failure;
 
@@ -35,12 +35,7 @@ pub fn parse(path: &Path, text: &str) -> anyhow::Result<Project> {
         test: checker.test(&raw)?,
         kernel: checker.kernel(&raw)?,
         build: checker.build(&raw.build)?,
-        vm: VmSpec {
-            profile: raw
-                .vm
-                .profile
-                .map_or_else(|| "debian-12".to_string(), Spanned::into_inner),
-        },
+        vm: checker.vm(raw.vm)?,
         dir,
     })
 }
@@ -51,6 +46,11 @@ pub fn locate(path: &Path, text: &str, span: &Range<usize>) -> String {
     let line = before.matches('\n').count() + 1;
     let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
     format!("{}:{line}:{column}", path.display())
+}
+
+/// True for 64 hex digits.
+fn is_sha256(text: &str) -> bool {
+    text.len() == 64 && text.bytes().all(|byte| byte.is_ascii_hexdigit())
 }
 
 /// True for a C identifier: a letter or underscore, then letters, digits, underscores.
@@ -310,8 +310,50 @@ impl Checker<'_> {
                 "kernel source is empty; give the path of a kernel tree or tarball".into(),
             );
         }
+        let text = source.get_ref().trim();
+        if !(text.starts_with("https://") || text.starts_with("http://")) {
+            if let Some(sha256) = &raw.kernel.sha256 {
+                return self.reject(
+                    &sha256.span(),
+                    "sha256 is only for a kernel source URL; remove it for a local tree or tarball"
+                        .into(),
+                );
+            }
+            return Ok(KernelSpec {
+                source: self.resolve(source.get_ref()),
+                download: None,
+                arch,
+            });
+        }
+        let sha256 =
+            match &raw.kernel.sha256 {
+                Some(value) if is_sha256(value.get_ref()) => value.get_ref().to_ascii_lowercase(),
+                Some(value) => {
+                    return self.reject(
+                        &value.span(),
+                        format!("sha256 {:?} is not 64 hex digits", value.get_ref()),
+                    )
+                }
+                None => return self.reject(
+                    &source.span(),
+                    "a kernel source URL needs its checksum: add sha256 = \"...\" under [kernel] \
+                     (kernel.org publishes sha256sums.asc beside each release)"
+                        .into(),
+                ),
+            };
+        let name = text.rsplit('/').next().unwrap_or_default();
+        if name.is_empty() {
+            return self.reject(
+                &source.span(),
+                "kernel source URL names no file; give the URL of a .tar.xz or .tar.gz".into(),
+            );
+        }
         Ok(KernelSpec {
-            source: self.resolve(source.get_ref()),
+            source: PathBuf::from(name),
+            download: Some(SourceDownload {
+                url: text.to_string(),
+                sha256,
+            }),
             arch,
         })
     }
@@ -327,6 +369,16 @@ impl Checker<'_> {
         }
         let config = match &build.config {
             None => ConfigBase::Tinyconfig,
+            Some(value) if value.get_ref() == "guest" => {
+                return self.reject(
+                    &value.span(),
+                    format!(
+                        "[build] config \"guest\" is only for kernels built for the VM; set it \
+                         as [vm] config, and use {} here",
+                        ConfigBase::CHOICES
+                    ),
+                )
+            }
             Some(value) => self.config_base(value)?,
         };
         let fragments = match &build.fragments {
@@ -357,6 +409,41 @@ impl Checker<'_> {
             fragments,
             ccache,
             dir: self.resolve(build.dir.as_ref().map_or("build", |d| d.get_ref())),
+            lsmod: None,
+        })
+    }
+
+    fn vm(&self, raw: RawVm) -> anyhow::Result<VmSpec> {
+        let config = match &raw.config {
+            None => ConfigBase::Guest,
+            Some(value) if value.get_ref() == "running" => {
+                return self.reject(
+                    &value.span(),
+                    format!(
+                        "[vm] config \"running\" would take the host's config; use {}",
+                        ConfigBase::VM_CHOICES
+                    ),
+                )
+            }
+            Some(value) => self.config_base(value)?,
+        };
+        let fragments = match &raw.fragments {
+            None if matches!(config, ConfigBase::Tinyconfig | ConfigBase::Defconfig) => {
+                vec![TemplateRef::Builtin("vm".to_string())]
+            }
+            None => Vec::new(),
+            Some(list) => list
+                .iter()
+                .map(|f| self.template_ref(f, crate::template::KCONFIG_FRAGMENTS))
+                .collect::<anyhow::Result<_>>()?,
+        };
+        Ok(VmSpec {
+            profile: raw
+                .profile
+                .map_or_else(|| "debian-12".to_string(), Spanned::into_inner),
+            config,
+            fragments,
+            localmodconfig: raw.localmodconfig.unwrap_or(false),
         })
     }
 
@@ -365,6 +452,7 @@ impl Checker<'_> {
             "defconfig" => Ok(ConfigBase::Defconfig),
             "tinyconfig" => Ok(ConfigBase::Tinyconfig),
             "running" => Ok(ConfigBase::Running),
+            "guest" => Ok(ConfigBase::Guest),
             other => {
                 let path = self.resolve(other);
                 if path.is_file() {
@@ -406,6 +494,42 @@ source = "linux"
         parse(Path::new("/p/kbuild.toml"), text)
             .unwrap_err()
             .to_string()
+    }
+
+    #[test]
+    fn source_url_without_sha256_rejected() {
+        let text = GOOD.replace(
+            "source = \"linux\"",
+            "source = \"https://h/linux-6.1.tar.xz\"",
+        );
+        let message = parse_error(&text);
+        assert!(message.contains("needs its checksum"), "{message}");
+    }
+
+    #[test]
+    fn sha256_for_local_source_rejected() {
+        let text = GOOD.replace(
+            "source = \"linux\"",
+            &format!("source = \"linux\"\nsha256 = \"{}\"", "a".repeat(64)),
+        );
+        let message = parse_error(&text);
+        assert!(
+            message.contains("only for a kernel source URL"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn guest_config_only_in_vm_section() {
+        let message = parse_error(&format!("{GOOD}\n[build]\nconfig = \"guest\"\n"));
+        assert!(message.contains("[vm] config"), "{message}");
+    }
+
+    #[test]
+    fn vm_tinyconfig_gets_vm_fragment() {
+        let text = format!("{GOOD}\n[vm]\nconfig = \"tinyconfig\"\n");
+        let project = parse(Path::new("/p/kbuild.toml"), &text).unwrap();
+        assert_eq!(project.vm.fragments, [TemplateRef::Builtin("vm".into())]);
     }
 
     #[test]

@@ -14,6 +14,9 @@ const REBOOT_SCRIPT: &str =
 /// A random UUID that Linux makes anew at every boot.
 const BOOT_ID_PATH: &str = "/proc/sys/kernel/random/boot_id";
 
+/// Maximum time reading the boot id may take.
+const BOOT_ID_TIMEOUT: Duration = Duration::from_secs(15);
+
 /// Maximum time the `reboot` command may run before the dropped connection is
 /// taken as the reboot under way.
 const REBOOT_COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
@@ -23,14 +26,63 @@ const REBOOT_COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
 const POLL_DELAY: Duration = Duration::from_secs(1);
 
 impl Session {
+    /// Asks the guest to reboot, as root or through `sudo -n`. A connection
+    /// that drops while `reboot` runs counts as the reboot under way.
+    pub fn request_reboot(&self) -> anyhow::Result<()> {
+        let options = ExecOptions {
+            log: None,
+            timeout: Some(REBOOT_COMMAND_TIMEOUT),
+        };
+        let mut stderr = String::new();
+        let result = self.exec(&["sh", "-c", REBOOT_SCRIPT], &options, |_, line| {
+            stderr.push_str(line);
+            stderr.push('\n');
+        });
+        match result {
+            Ok(ExitStatus::Code(code)) if code != 0 => Err(Failure::infrastructure(format!(
+                "`reboot` failed on VM {} with exit code {code}: {}",
+                self.target.name,
+                stderr.trim()
+            ))),
+            Ok(status) => {
+                tracing::debug!(vm = %self.target.name, %status, "reboot requested");
+                Ok(())
+            }
+            Err(error) => {
+                tracing::debug!(
+                    vm = %self.target.name,
+                    error = format!("{error:#}"),
+                    "connection dropped during reboot, as expected"
+                );
+                Ok(())
+            }
+        }
+    }
+
     /// Reads the guest's boot id, a UUID that changes at every boot.
+    ///
+    /// The read has a deadline, because a connection made while the guest
+    /// shuts down can stay open with nobody at the other end.
     pub fn boot_id(&self) -> anyhow::Result<String> {
-        let output = self.exec_checked(&["cat", BOOT_ID_PATH])?;
-        parse_boot_id(&output.stdout).ok_or_else(|| {
+        let options = ExecOptions {
+            log: None,
+            timeout: Some(BOOT_ID_TIMEOUT),
+        };
+        let mut stdout = String::new();
+        let status = self.exec(&["cat", BOOT_ID_PATH], &options, |_, line| {
+            stdout.push_str(line);
+        })?;
+        if !status.success() {
+            return Err(Failure::infrastructure(format!(
+                "reading {BOOT_ID_PATH} on VM {} failed with {status}",
+                self.target.name
+            )));
+        }
+        parse_boot_id(&stdout).ok_or_else(|| {
             Failure::infrastructure(format!(
                 "VM {} returned an invalid boot id from {BOOT_ID_PATH}: {:?}",
                 self.target.name,
-                output.stdout.trim()
+                stdout.trim()
             ))
         })
     }
@@ -108,36 +160,7 @@ impl BootControl for LiveReboot<'_> {
     }
 
     fn request_reboot(&mut self) -> anyhow::Result<()> {
-        let options = ExecOptions {
-            log: None,
-            timeout: Some(REBOOT_COMMAND_TIMEOUT),
-        };
-        let mut stderr = String::new();
-        let result = self
-            .session
-            .exec(&["sh", "-c", REBOOT_SCRIPT], &options, |_, line| {
-                stderr.push_str(line);
-                stderr.push('\n');
-            });
-        match result {
-            Ok(ExitStatus::Code(code)) if code != 0 => Err(Failure::infrastructure(format!(
-                "`reboot` failed on VM {} with exit code {code}: {}",
-                self.session.target.name,
-                stderr.trim()
-            ))),
-            Ok(status) => {
-                tracing::debug!(vm = %self.session.target.name, %status, "reboot requested");
-                Ok(())
-            }
-            Err(error) => {
-                tracing::debug!(
-                    vm = %self.session.target.name,
-                    error = format!("{error:#}"),
-                    "connection dropped during reboot, as expected"
-                );
-                Ok(())
-            }
-        }
+        self.session.request_reboot()
     }
 
     fn reconnect(&mut self, deadline: Instant) -> anyhow::Result<()> {

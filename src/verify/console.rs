@@ -115,7 +115,8 @@ pub fn return_value(ret: i64, errno: i32) -> i64 {
     }
 }
 
-fn judge_value(number: u32, expect: i64, actual: i64) -> Verdict {
+/// Judges the value the syscall returned against the expected one.
+pub fn judge_value(number: u32, expect: i64, actual: i64) -> Verdict {
     if actual == expect {
         return Verdict::Passed { actual };
     }

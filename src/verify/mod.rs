@@ -2,7 +2,7 @@
 //! the new syscall, and judges the value it returns.
 
 mod accel;
-mod console;
+pub mod console;
 mod initramfs;
 mod qemu;
 mod test_program;
