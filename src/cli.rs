@@ -49,7 +49,7 @@ pub enum Command {
     Build(BuildArgs),
     /// Add the syscall, then build the kernel
     PatchAndBuild(BuildArgs),
-    /// Boot the built kernel and check that the syscall returns the expected value
+    /// Check the syscall: reboot the VM into the installed kernel, or boot the host build with --direct
     Verify(VerifyArgs),
     /// Download the profile's image, boot the VM, reach it over SSH, install build dependencies
     Up(UpArgs),
@@ -114,8 +114,8 @@ pub struct VerifyArgs {
     #[arg(long)]
     pub direct: bool,
 
-    /// Accelerator: kvm or tcg (default: KVM when a probe guest runs, else TCG)
-    #[arg(long, value_name = "ACCEL", value_parser = parse_accel)]
+    /// Accelerator for --direct: kvm or tcg (default: KVM when a probe guest runs, else TCG)
+    #[arg(long, value_name = "ACCEL", value_parser = parse_accel, requires = "direct")]
     pub accel: Option<Accel>,
 
     /// Seconds the boot may take (default: test.timeout in kbuild.toml, else 180, for

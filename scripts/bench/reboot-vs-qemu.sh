@@ -51,12 +51,21 @@ time_kbuild() {
   echo "$end - $start" | bc
 }
 
+# Runs a command in the guest with the OpenSSH client, which passes binary
+# output through unchanged.
+guest() {
+  local ssh_port
+  ssh_port=$("$kbuild" "${project[@]}" status | sed -n 's/.*127\.0\.0\.1:\([0-9]*\).*/\1/p')
+  ssh -q -i "$work/project/.kbuild/ssh/id_ed25519" -p "$ssh_port" -o BatchMode=yes \
+    -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null debian@127.0.0.1 "$@"
+}
+
 # Saves what the bare boot needs from the guest: root file system UUID,
 # kernel release and its initramfs, then shuts the VM down.
 save_guest_files() {
-  release=$("$kbuild" "${project[@]}" ssh -- uname -r)
-  root_uuid=$("$kbuild" "${project[@]}" ssh -- findmnt -no UUID /)
-  "$kbuild" "${project[@]}" ssh -- sudo cat "/boot/initrd.img-$release" >"$work/initrd.img"
+  release=$(guest uname -r)
+  root_uuid=$(guest findmnt -no UUID /)
+  guest sudo cat "/boot/initrd.img-$release" >"$work/initrd.img"
   cp "$work/project/.kbuild/guest/stage/boot/vmlinuz" "$work/vmlinuz"
   "$kbuild" "${project[@]}" down >/dev/null 2>&1
 }
@@ -80,6 +89,10 @@ time_bare() {
   until ssh -q -i "$work/project/.kbuild/ssh/id_ed25519" -p "$ssh_port" -o BatchMode=yes \
     -o ConnectTimeout=2 -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null \
     debian@127.0.0.1 true; do
+    if [ "$(echo "$(date +%s.%N) - $start > 600" | bc)" = 1 ]; then
+      echo "bare boot: no SSH after 600 s; console: $dir/console.log" >&2
+      break
+    fi
     sleep 0.25
   done
   echo "$(date +%s.%N) - $start" | bc

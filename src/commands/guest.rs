@@ -33,18 +33,28 @@ pub async fn mode(project: &Project, args: &BuildArgs) -> Result<Mode, CommandEr
     if args.no_vm {
         return Ok(Mode::Host);
     }
-    if args.on_host {
-        return Ok(Mode::OnHost);
+    let runs = vm_runs(project).await.phase(ExitCode::Infrastructure)?;
+    let explicit = match (args.on_host, args.in_guest) {
+        (true, _) => Some(Mode::OnHost),
+        (_, true) => Some(Mode::InGuest),
+        _ => None,
+    };
+    match (explicit, runs) {
+        (Some(mode), true) => Ok(mode),
+        (Some(_), false) => Err(Failure::usage(
+            "--in-guest and --on-host need the project's VM running; run `kbuild up` first, or \
+             pass --no-vm to build on the host for `verify --direct`",
+        ))
+        .phase(ExitCode::Usage),
+        (None, true) => {
+            ui::status(
+                "Building",
+                "for the running VM, in the guest (--on-host builds here, --no-vm for the host)",
+            );
+            Ok(Mode::InGuest)
+        }
+        (None, false) => Ok(Mode::Host),
     }
-    if args.in_guest {
-        return Ok(Mode::InGuest);
-    }
-    Ok(
-        match vm_runs(project).await.phase(ExitCode::Infrastructure)? {
-            true => Mode::InGuest,
-            false => Mode::Host,
-        },
-    )
 }
 
 /// True when the project has a VM and it is running.
@@ -64,12 +74,14 @@ pub async fn build_for_vm(
 ) -> CommandResult {
     let guest = Guest::open(project).await.phase(ExitCode::Infrastructure)?;
     let number = syscall_number(project, tree)?;
+    // Compile and make errors carry exit code 3 themselves; what is left
+    // here (SSH, SFTP, the guest's disk) is infrastructure.
     let options = BuildOptions { jobs: args.jobs };
     let (release, log, built_on) = match mode {
         Mode::OnHost => {
             let pushed = push::build_and_push(project, tree, &guest, &options)
                 .await
-                .phase(ExitCode::BuildFailed)?;
+                .phase(ExitCode::Infrastructure)?;
             ui::detail(format!(
                 "sent {} to VM {} in {}",
                 ui::bytes(pushed.bytes_sent),
@@ -81,7 +93,7 @@ pub async fn build_for_vm(
         _ => {
             let built = remote_build::build_in_guest(project, tree, &guest, &options)
                 .await
-                .phase(ExitCode::BuildFailed)?;
+                .phase(ExitCode::Infrastructure)?;
             (built.release, built.log, "guest")
         }
     };
@@ -130,7 +142,19 @@ pub async fn verify_in_vm(project: &Project, args: &VerifyArgs) -> CommandResult
     let mut guest = Guest::open(project).await.phase(ExitCode::Infrastructure)?;
     let boot_id =
         tokio::task::block_in_place(|| guest.session.boot_id()).phase(ExitCode::Infrastructure)?;
-    if boot_id == installed.boot_id {
+    let running = guest
+        .capture(&["uname", "-r"])
+        .phase(ExitCode::Infrastructure)?;
+    if boot_id == installed.boot_id || running.trim() != installed.release {
+        if boot_id != installed.boot_id {
+            // The VM rebooted since the install, so GRUB used up the one-time entry.
+            ui::status(
+                "Arming",
+                format!("the one-time boot of linux {} again", installed.release),
+            );
+            let log = project.log_dir().join("install.log");
+            install::arm(&guest, &installed, &log).phase(ExitCode::Infrastructure)?;
+        }
         let timeout = args
             .timeout
             .map_or(crate::vm::up::DEFAULT_BOOT_TIMEOUT, Duration::from_secs);

@@ -39,7 +39,17 @@ pub async fn boot_installed(
     timeout: Duration,
 ) -> anyhow::Result<Duration> {
     let console_log = guest.console_log();
-    let offset = std::fs::metadata(&console_log).map_or(0, |meta| meta.len());
+    let offset = match std::fs::metadata(&console_log) {
+        Ok(meta) => meta.len(),
+        Err(_) => {
+            ui::warn(format!(
+                "console log {} is missing, so kbuild cannot see a panic and waits for the \
+                 whole timeout if the new kernel fails; `kbuild down` and `kbuild up` make a new one",
+                console_log.display()
+            ));
+            0
+        }
+    };
     vm::console::append_marker(
         &console_log,
         &format!("rebooting into linux {}", installed.release),
@@ -72,8 +82,11 @@ pub async fn boot_installed(
         // rejects users other than root, so a rejected login is retried too.
         match tokio::task::block_in_place(|| ssh::wait_for_ssh(&target, window, String::new)) {
             Ok(session) if new_boot(&session, &old_boot) => break session,
-            Ok(_) => last_error = "SSH answered from the old boot".to_string(),
-            Err(error) => last_error = format!("{error:#}"),
+            Ok(_) => last_error = "SSH still answered from the boot before the reboot".to_string(),
+            Err(error) => {
+                let text = format!("{error:#}");
+                last_error = text.lines().next().unwrap_or_default().to_string();
+            }
         }
         tokio::time::sleep(POLL_DELAY).await;
     };
@@ -117,6 +130,11 @@ async fn fall_back(guest: &mut Guest, installed: &Installed, failed: Failed) -> 
         installed.release, guest.vm.name
     ));
     let back = match reset_and_wait(guest).await {
+        Ok(running) if running == installed.release => format!(
+            "kbuild reset the VM but it booted linux {running} again: GRUB did not keep {} as \
+             its default (check `kbuild ssh -- sudo grub-editenv list`)",
+            installed.fallback
+        ),
         Ok(running) => format!("kbuild reset the VM and it runs the old kernel {running} again"),
         Err(error) => format!(
             "kbuild reset the VM but it did not come back ({error:#}); run `kbuild down` and \

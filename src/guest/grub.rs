@@ -48,6 +48,9 @@ pub fn menu_entries(cfg: &str) -> Vec<MenuEntry> {
     // menuentry in `entries`, or neither for if/function blocks.
     let mut stack: Vec<Block> = Vec::new();
     for line in cfg.lines() {
+        if line.trim_start().starts_with('#') {
+            continue;
+        }
         let words = split_words(line.trim());
         let Some(first) = words.first() else {
             continue;
@@ -277,6 +280,13 @@ submenu 'Advanced options for Debian GNU/Linux' $menuentry_id_option 'gnulinux-a
         let entries = menu_entries(DEBIAN);
         let entry = fallback_entry(&entries, "6.1.158", "6.1.158").unwrap();
         assert!(entry.boots("6.1.0-50-amd64"));
+    }
+
+    #[test]
+    fn comment_with_brace_opens_no_block() {
+        let cfg = "submenu 'A' --id sub {\n# note {\n menuentry 'X' --id x {\n linux /vmlinuz-1\n }\n}\nmenuentry 'Y' --id y {\n linux /vmlinuz-2\n}\n";
+        let entries = menu_entries(cfg);
+        assert_eq!(entries[1].path(), "y");
     }
 
     #[test]

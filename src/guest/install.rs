@@ -71,35 +71,19 @@ pub fn install(
     log: &Path,
 ) -> anyhow::Result<Installed> {
     let dirs = guest.dirs();
-    let script = install_script::install_script(kernel.release, &dirs.stage, &guest.profile.boot);
+    let running = guest.capture(&["uname", "-r"])?.trim().to_string();
+    let fallback = fallback_entry(guest, kernel.release, &running)?;
+    let script =
+        install_script::install_script(kernel.release, &dirs.stage, &guest.profile.boot, &fallback);
     let script_path = format!("{}/install.sh", dirs.root);
     guest.upload_text(&script, &script_path)?;
     ui::status(
         "Installing",
         format!("linux {} in VM {}", kernel.release, guest.vm.name),
     );
-    let reports = run_script(guest, &script_path, log, "installing the kernel")?;
-    let cfg = reports
-        .iter()
-        .find_map(|line| line.strip_prefix("cfg "))
-        .ok_or_else(|| {
-            Failure::infrastructure(format!(
-                "the install script printed no grub.cfg path; see {}",
-                log.display()
-            ))
-        })?
-        .to_string();
+    run_script(guest, &script_path, log, "installing the kernel")?;
 
-    let running = guest.capture(&["uname", "-r"])?.trim().to_string();
-    let (entry, fallback) = choose_entries(guest, &cfg, kernel.release, &running)?;
-    let boot_once = install_script::boot_once_script(&fallback, &entry);
-    let boot_once_path = format!("{}/boot-once.sh", dirs.root);
-    guest.upload_text(&boot_once, &boot_once_path)?;
-    run_script(guest, &boot_once_path, log, "arming the one-time boot")?;
-    ui::detail(format!(
-        "next boot: {entry}; default after a reset: {fallback}"
-    ));
-
+    let entry = new_entry(guest, kernel.release)?;
     let boot_id = tokio::task::block_in_place(|| guest.session.boot_id())?;
     let installed = Installed {
         release: kernel.release.to_string(),
@@ -111,44 +95,70 @@ pub fn install(
         number: kernel.number,
         built_on: kernel.built_on.to_string(),
     };
+    arm(guest, &installed, log)?;
     save(project, &installed)?;
     Ok(installed)
 }
 
-/// Finds the entry of `release` and the one to fall back to in grub.cfg, or
-/// among the Boot Loader Specification entries.
-fn choose_entries(
-    guest: &Guest,
-    cfg: &str,
-    release: &str,
-    running: &str,
-) -> anyhow::Result<(String, String)> {
-    let text = guest.capture(&guest.as_root(&["cat", cfg]))?;
+/// Arms GRUB to boot the installed kernel's entry once, at the next boot.
+pub fn arm(guest: &Guest, installed: &Installed, log: &Path) -> anyhow::Result<()> {
+    let script = install_script::boot_once_script(&installed.entry);
+    let path = format!("{}/boot-once.sh", guest.dirs().root);
+    guest.upload_text(&script, &path)?;
+    run_script(guest, &path, log, "arming the one-time boot")?;
+    ui::detail(format!(
+        "next boot: {}; default after a reset: {}",
+        installed.entry, installed.fallback
+    ));
+    Ok(())
+}
+
+/// Reads the GRUB menu as it is before the install and returns the entry
+/// to fall back to: the running kernel's, unless that is the release being
+/// installed.
+fn fallback_entry(guest: &Guest, release: &str, running: &str) -> anyhow::Result<String> {
+    let text = guest.capture(&guest.as_root(&["sh", "-c", install_script::READ_GRUB_CFG]))?;
     let entries = grub::menu_entries(&text);
-    let entry = match grub::entry_for(&entries, release) {
-        Some(entry) => entry.path(),
-        None => {
-            let listing = guest.capture(&["sh", "-c", install_script::LIST_BLS_ENTRIES])?;
-            grub::bls_entry_id(&listing, release).ok_or_else(|| {
-                Failure::infrastructure(format!(
-                    "{cfg} in VM {} has no menu entry for /boot/vmlinuz-{release}, and \
-                     /boot/loader/entries has none either; entries found: {}",
-                    guest.vm.name,
-                    titles(&entries)
-                ))
-            })?
-        }
-    };
-    let fallback = grub::fallback_entry(&entries, running, release)
-        .map(MenuEntry::path)
-        .ok_or_else(|| {
-            Failure::infrastructure(format!(
-                "{cfg} in VM {} has no kernel other than {release} to fall back to; kbuild \
-                 boots a new kernel only when a reset can bring back a working one",
-                guest.vm.name
-            ))
-        })?;
-    Ok((entry, fallback))
+    if let Some(entry) = grub::fallback_entry(&entries, running, release) {
+        return Ok(entry.path());
+    }
+    let listing = bls_listing(guest)?;
+    let bls = (running != release)
+        .then(|| grub::bls_entry_id(&listing, running))
+        .flatten();
+    bls.ok_or_else(|| {
+        Failure::infrastructure(format!(
+            "the GRUB menu of VM {} has no kernel other than {release} to fall back to \
+             (entries: {}); kbuild boots a new kernel only when a reset can bring back a \
+             working one",
+            guest.vm.name,
+            titles(&entries)
+        ))
+    })
+}
+
+/// Finds the new kernel's entry in the regenerated grub.cfg, or among the
+/// Boot Loader Specification entries.
+fn new_entry(guest: &Guest, release: &str) -> anyhow::Result<String> {
+    let text = guest.capture(&guest.as_root(&["sh", "-c", install_script::READ_GRUB_CFG]))?;
+    let entries = grub::menu_entries(&text);
+    if let Some(entry) = grub::entry_for(&entries, release) {
+        return Ok(entry.path());
+    }
+    grub::bls_entry_id(&bls_listing(guest)?, release).ok_or_else(|| {
+        Failure::infrastructure(format!(
+            "the GRUB menu of VM {} has no entry for /boot/vmlinuz-{release}, and \
+             /boot/loader/entries has none either; entries found: {}. The old kernel stays \
+             the default",
+            guest.vm.name,
+            titles(&entries)
+        ))
+    })
+}
+
+/// Lists /boot/loader/entries as root, because Fedora makes it root-only.
+fn bls_listing(guest: &Guest) -> anyhow::Result<String> {
+    guest.capture(&guest.as_root(&["sh", "-c", install_script::LIST_BLS_ENTRIES]))
 }
 
 fn titles(entries: &[MenuEntry]) -> String {
@@ -159,14 +169,13 @@ fn titles(entries: &[MenuEntry]) -> String {
     titles.join("; ")
 }
 
-/// Runs an uploaded script as root with its output in `log`; returns the
-/// lines it reported with [`REPORT_PREFIX`], without the prefix.
-fn run_script(guest: &Guest, path: &str, log: &Path, what: &str) -> anyhow::Result<Vec<String>> {
+/// Runs an uploaded script as root with its output in `log`, showing the
+/// lines it reports with [`REPORT_PREFIX`].
+fn run_script(guest: &Guest, path: &str, log: &Path, what: &str) -> anyhow::Result<()> {
     let options = ExecOptions {
         log: Some(log.to_path_buf()),
         timeout: None,
     };
-    let mut reports = Vec::new();
     let mut errors = Vec::new();
     let mut last_lines = std::collections::VecDeque::new();
     let argv = guest.as_root(&["sh", path]);
@@ -175,10 +184,7 @@ fn run_script(guest: &Guest, path: &str, log: &Path, what: &str) -> anyhow::Resu
             if let Some(report) = line.strip_prefix(REPORT_PREFIX) {
                 match report.strip_prefix("error: ") {
                     Some(error) => errors.push(error.to_string()),
-                    None => {
-                        ui::detail(report);
-                        reports.push(report.to_string());
-                    }
+                    None => ui::detail(report),
                 }
             }
             if last_lines.len() == 10 {
@@ -188,7 +194,7 @@ fn run_script(guest: &Guest, path: &str, log: &Path, what: &str) -> anyhow::Resu
         })
     })?;
     if status == ExitStatus::Code(0) {
-        return Ok(reports);
+        return Ok(());
     }
     let detail = if errors.is_empty() {
         Vec::from(last_lines).join("\n  ")

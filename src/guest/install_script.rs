@@ -31,9 +31,11 @@ pub fn initramfs_path(tool: InitramfsTool, release: &str) -> String {
 
 /// Returns the script that copies the stage into /boot and /lib/modules,
 /// runs depmod, makes the initramfs, checks it, makes GRUB boot the saved
-/// entry by default and regenerates grub.cfg. It prints `cfg PATH` with
-/// the path of grub.cfg last. Runs as root.
-pub fn install_script(release: &str, stage: &str, boot: &BootSpec) -> String {
+/// entry, saves `fallback` as that entry, and regenerates grub.cfg. The
+/// fallback is saved before the menu changes, so that a failure after this
+/// point never leaves the new kernel as the default. It prints `cfg PATH`
+/// with the path of grub.cfg last. Runs as root.
+pub fn install_script(release: &str, stage: &str, boot: &BootSpec, fallback: &str) -> String {
     let initramfs = initramfs_path(boot.initramfs, release);
     [
         header(release, stage),
@@ -47,28 +49,36 @@ pub fn install_script(release: &str, stage: &str, boot: &BootSpec) -> String {
             shell_quote(&initramfs)
         ),
         PIN_DEFAULT.to_string(),
+        format!(
+            "if command -v grub-set-default >/dev/null 2>&1; then g=grub; else g=grub2; fi\n\
+             \"$g-set-default\" {}\n",
+            shell_quote(fallback)
+        ),
         bootloader_commands(boot.bootloader).to_string(),
         "report \"cfg $cfg\"\n".to_string(),
     ]
     .concat()
 }
 
-/// Returns the script that sets the default entry to `fallback` and the
-/// next boot, once, to `next`. Runs as root.
-pub fn boot_once_script(fallback: &str, next: &str) -> String {
+/// Returns the script that sets the next boot, once, to `next`. Runs as root.
+pub fn boot_once_script(next: &str) -> String {
     format!(
         "set -eu\n\
          if command -v grub-reboot >/dev/null 2>&1; then g=grub; else g=grub2; fi\n\
-         \"$g-set-default\" {fallback}\n\
          \"$g-reboot\" {next}\n\
          \"$g-editenv\" list\n",
-        fallback = shell_quote(fallback),
         next = shell_quote(next)
     )
 }
 
-/// Lists the Boot Loader Specification entries, for GRUB builds that read them.
-pub const LIST_BLS_ENTRIES: &str = "ls -1 /boot/loader/entries 2>/dev/null || true";
+/// Prints the current grub.cfg, wherever the distribution keeps it.
+pub const READ_GRUB_CFG: &str =
+    "for c in /boot/grub2/grub.cfg /boot/grub/grub.cfg; do [ -r \"$c\" ] && exec cat \"$c\"; done; exit 1";
+
+/// Lists the Boot Loader Specification entries, for GRUB builds that read
+/// them (Fedora); empty where the folder does not exist.
+pub const LIST_BLS_ENTRIES: &str =
+    "[ -d /boot/loader/entries ] || exit 0; ls -1 /boot/loader/entries";
 
 fn header(release: &str, stage: &str) -> String {
     format!(
@@ -78,10 +88,13 @@ fn header(release: &str, stage: &str) -> String {
          fail() {{ echo \"{REPORT_PREFIX}error: $*\" >&2; exit 1; }}\n\
          report() {{ echo \"{REPORT_PREFIX}$*\"; }}\n\
          [ -s \"$stage/boot/vmlinuz\" ] || fail \"$stage/boot/vmlinuz is missing or empty\"\n\
-         if [ -e \"/boot/vmlinuz-$release\" ] && [ ! -e \"/lib/modules/$release/{MARKER}\" ]; then\n  \
-           fail \"/boot/vmlinuz-$release exists and kbuild did not install it; give the new kernel \
-         its own release with CONFIG_LOCALVERSION in a config fragment\"\n\
-         fi\n",
+         if {{ [ -e \"/boot/vmlinuz-$release\" ] || [ -d \"/lib/modules/$release\" ]; }} \
+         && [ ! -e \"/lib/modules/$release/{MARKER}\" ]; then\n  \
+           fail \"a kernel $release that kbuild did not install is in /boot or /lib/modules; give \
+         the new kernel its own release with CONFIG_LOCALVERSION in a config fragment\"\n\
+         fi\n\
+         mkdir -p \"/lib/modules/$release\"\n\
+         : > \"/lib/modules/$release/{MARKER}\"\n",
         release = shell_quote(release),
         stage = shell_quote(stage)
     )
@@ -176,7 +189,7 @@ mod tests {
 
     #[test]
     fn install_script_quotes_values() {
-        let script = install_script("6.1.158-x", "/home/o'neil/kbuild/stage", &debian());
+        let script = install_script("6.1.158-x", "/home/o'neil/kbuild/stage", &debian(), "f");
         assert!(
             script.contains("stage='/home/o'\\''neil/kbuild/stage'\n"),
             "{script}"
@@ -185,14 +198,14 @@ mod tests {
 
     #[test]
     fn install_script_runs_profile_tools() {
-        let script = install_script("6.1.158", "/s", &debian());
+        let script = install_script("6.1.158", "/s", &debian(), "f");
         assert!(script.contains("update-initramfs -c -k \"$release\""));
         assert!(script.contains("update-grub\n"));
     }
 
     #[test]
     fn install_script_checks_initramfs() {
-        let script = install_script("6.1.158", "/s", &debian());
+        let script = install_script("6.1.158", "/s", &debian(), "f");
         assert!(script.contains("initramfs=/boot/initrd.img-6.1.158\n[ -s \"$initramfs\" ]"));
     }
 
@@ -209,7 +222,7 @@ mod tests {
                     initramfs,
                     bootloader,
                 };
-                let script = install_script("6.1.158", "/s", &boot);
+                let script = install_script("6.1.158", "/s", &boot, "f");
                 let status = std::process::Command::new("sh")
                     .args(["-n", "-c", &script])
                     .status()
@@ -228,9 +241,16 @@ mod tests {
     }
 
     #[test]
-    fn boot_once_script_quotes_entries() {
-        let script = boot_once_script("a>b c", "x>y");
-        assert!(script.contains("\"$g-set-default\" 'a>b c'\n"), "{script}");
-        assert!(script.contains("\"$g-reboot\" 'x>y'\n"), "{script}");
+    fn boot_once_script_quotes_entry() {
+        let script = boot_once_script("x>y z");
+        assert!(script.contains("\"$g-reboot\" 'x>y z'\n"), "{script}");
+    }
+
+    #[test]
+    fn install_script_saves_fallback_before_menu() {
+        let script = install_script("6.1.158", "/s", &debian(), "a>b c");
+        let saved = script.find("\"$g-set-default\" 'a>b c'").unwrap();
+        let menu = script.find("update-grub\n").unwrap();
+        assert!(saved < menu, "{script}");
     }
 }

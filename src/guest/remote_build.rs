@@ -15,7 +15,7 @@ use crate::build::{self, BuildOptions};
 use crate::exit::Failure;
 use crate::project::Project;
 use crate::provision::resources;
-use crate::ssh::{ExecOptions, ExitStatus};
+use crate::ssh::{ExecOptions, ExitStatus, OutputStream};
 use crate::ui;
 
 /// A kernel built in the guest and staged there.
@@ -212,8 +212,10 @@ cat "$build/include/config/kernel.release""#;
     };
     let mut last = String::new();
     let status = tokio::task::block_in_place(|| {
-        guest.session.exec(&argv, &options, |_, line| {
-            last = line.trim().to_string();
+        guest.session.exec(&argv, &options, |stream, line| {
+            if stream == OutputStream::Stdout && !line.trim().is_empty() {
+                last = line.trim().to_string();
+            }
         })
     })?;
     if status != ExitStatus::Code(0) {

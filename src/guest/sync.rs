@@ -78,7 +78,10 @@ pub fn sync_tree(session: &Session, target: &SyncTarget, log: &Path) -> anyhow::
 
     let tree_bytes: u64 = files.values().map(|entry| entry.size).sum();
     if plan.full.is_some() {
-        let need = format!("at least {} for its files alone", crate::ui::bytes(tree_bytes));
+        let need = format!(
+            "at least {} for its files alone",
+            crate::ui::bytes(tree_bytes)
+        );
         remote::check_free_disk(session, &paths, tree_bytes, &need)?;
     }
     fs::create_dir_all(target.state_dir)
@@ -196,4 +199,3 @@ fn report(plan: &Plan, bytes_sent: u64, started: Instant) -> SyncReport {
         elapsed: started.elapsed(),
     }
 }
-

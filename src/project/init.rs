@@ -116,7 +116,7 @@ profile = "debian-12"
 # A tinyconfig or defconfig base gets the built-in "vm" fragment, which has
 # what a distribution image needs to boot (virtio, ext4, systemd).
 # config = "guest"
-# fragments = ["vm"]
+# fragments = ["vm"]        # a list replaces the default: keep "vm" in it
 # Keep only the modules the VM has loaded (make localmodconfig), so a
 # distribution config builds a few hundred modules instead of thousands.
 # localmodconfig = false

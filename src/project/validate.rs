@@ -311,7 +311,12 @@ impl Checker<'_> {
             );
         }
         let text = source.get_ref().trim();
-        if !(text.starts_with("https://") || text.starts_with("http://")) {
+        let scheme = text
+            .split("://")
+            .next()
+            .unwrap_or_default()
+            .to_ascii_lowercase();
+        if !(text.contains("://") && (scheme == "https" || scheme == "http")) {
             if let Some(sha256) = &raw.kernel.sha256 {
                 return self.reject(
                     &sha256.span(),
@@ -379,7 +384,7 @@ impl Checker<'_> {
                     ),
                 )
             }
-            Some(value) => self.config_base(value)?,
+            Some(value) => self.config_base(value, ConfigBase::CHOICES)?,
         };
         let fragments = match &build.fragments {
             None => vec![TemplateRef::Builtin("boot".to_string())],
@@ -425,7 +430,7 @@ impl Checker<'_> {
                     ),
                 )
             }
-            Some(value) => self.config_base(value)?,
+            Some(value) => self.config_base(value, ConfigBase::VM_CHOICES)?,
         };
         let fragments = match &raw.fragments {
             None if matches!(config, ConfigBase::Tinyconfig | ConfigBase::Defconfig) => {
@@ -447,7 +452,7 @@ impl Checker<'_> {
         })
     }
 
-    fn config_base(&self, value: &Spanned<String>) -> anyhow::Result<ConfigBase> {
+    fn config_base(&self, value: &Spanned<String>, choices: &str) -> anyhow::Result<ConfigBase> {
         match value.get_ref().as_str() {
             "defconfig" => Ok(ConfigBase::Defconfig),
             "tinyconfig" => Ok(ConfigBase::Tinyconfig),
@@ -464,7 +469,7 @@ impl Checker<'_> {
                             "config base {other:?} is not a known base and file {} not found; \
                              use {}",
                             path.display(),
-                            ConfigBase::CHOICES
+                            choices
                         ),
                     )
                 }

@@ -24,8 +24,9 @@ const DISK_PROBE: &str = r#"mkdir -p -- "$1" || exit 1
 df -Pk -- "$1" | awk 'NR==2 {print $4}'
 du -skc -- "$2" "$3" 2>/dev/null | tail -n 1 | cut -f1"#;
 
-/// Replaces the folder `$2` in `$1` with the archive's content, mtimes kept,
-/// then writes the sync id `$3`. A folder that is the home folder or
+/// Replaces the folder `$2` in `$1` with the archive's content, every file
+/// stamped with the time of extraction (so objects that a build folder kept
+/// from an older copy are rebuilt), then writes the sync id `$3`. A folder that is the home folder or
 /// contains it is never removed.
 const FULL_SCRIPT: &str = r#"set -e
 cd -- "$1"
@@ -41,7 +42,7 @@ fi
 rm -rf -- "$2"
 mkdir -- "$2"
 cd -- "$2"
-tar --no-same-owner -xzf "$archive"
+tar --no-same-owner -m -xzf "$archive"
 printf '%s\n' "$3" > .kbuild-sync-id.tmp
 mv -f .kbuild-sync-id.tmp .kbuild-sync-id"#;
 
