@@ -155,6 +155,8 @@ pub async fn verify_in_vm(project: &Project, args: &VerifyArgs) -> CommandResult
             let log = project.log_dir().join("install.log");
             install::arm(&guest, &installed, &log).phase(ExitCode::Infrastructure)?;
         }
+        check::prepare_test_program(&guest, project, installed.number)
+            .phase(ExitCode::Infrastructure)?;
         let timeout = args
             .timeout
             .map_or(crate::vm::up::DEFAULT_BOOT_TIMEOUT, Duration::from_secs);

@@ -19,6 +19,9 @@ const SSH_WINDOW: Duration = Duration::from_secs(5);
 /// Pause before reading the boot id again while the old system shuts down.
 const POLL_DELAY: Duration = Duration::from_secs(1);
 
+/// Pause after a login that the shutting-down system rejected at once.
+const REJECTED_DELAY: Duration = Duration::from_millis(250);
+
 /// Why the new kernel did not come up.
 enum Failed {
     Panic(String),
@@ -82,13 +85,19 @@ pub async fn boot_installed(
         // rejects users other than root, so a rejected login is retried too.
         match tokio::task::block_in_place(|| ssh::wait_for_ssh(&target, window, String::new)) {
             Ok(session) if new_boot(&session, &old_boot) => break session,
-            Ok(_) => last_error = "SSH still answered from the boot before the reboot".to_string(),
+            Ok(_) => {
+                last_error = "SSH still answered from the boot before the reboot".to_string();
+                tokio::time::sleep(POLL_DELAY).await;
+            }
+            // A timed-out window needs no pause; a login rejected at once does.
             Err(error) => {
                 let text = format!("{error:#}");
                 last_error = text.lines().next().unwrap_or_default().to_string();
+                if Instant::now() < window {
+                    tokio::time::sleep(REJECTED_DELAY).await;
+                }
             }
         }
-        tokio::time::sleep(POLL_DELAY).await;
     };
     let elapsed = started.elapsed();
     guest.session = session;

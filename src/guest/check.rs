@@ -102,15 +102,24 @@ fn symbol_check(guest: &Guest, name: &str) -> anyhow::Result<Check> {
     })
 }
 
-/// Compiles the test program with the guest's compiler, runs it, and judges
-/// the value it printed.
-fn run_test_program(guest: &Guest, project: &Project, number: u32) -> anyhow::Result<Verdict> {
+/// Writes the test program to the guest and compiles it with the guest's
+/// compiler, unless the binary there already comes from the same source;
+/// returns the binary's path. `verify` calls it before the reboot, because
+/// the program does not depend on the running kernel.
+pub fn prepare_test_program(
+    guest: &Guest,
+    project: &Project,
+    number: u32,
+) -> anyhow::Result<String> {
     let dirs = guest.dirs();
     let source = render_test_program(project, number)?;
     let stem = format!("{}/{}-test", dirs.test, project.syscall.name);
     guest.capture(&["mkdir", "-p", &dirs.test])?;
-    guest.upload_text(&source, &format!("{stem}.c"))?;
-    let compile = "if command -v cc >/dev/null; then c=cc; elif command -v gcc >/dev/null; then \
+    guest.upload_text(&source, &format!("{stem}.c.new"))?;
+    let compile =
+        "if [ -x \"$1\" ] && cmp -s \"$1.c.new\" \"$1.c\"; then rm -f \"$1.c.new\"; exit 0; fi; \
+                   mv -f \"$1.c.new\" \"$1.c\"; \
+                   if command -v cc >/dev/null; then c=cc; elif command -v gcc >/dev/null; then \
                    c=gcc; else echo 'no C compiler (cc or gcc) in the guest' >&2; exit 127; fi; \
                    exec \"$c\" -O2 -Wall -o \"$1\" \"$1.c\"";
     guest
@@ -122,7 +131,13 @@ fn run_test_program(guest: &Guest, project: &Project, number: u32) -> anyhow::Re
                 guest.vm.name
             ))
         })?;
+    Ok(stem)
+}
 
+/// Runs the test program (compiling it first if needed) and judges the
+/// value it printed.
+fn run_test_program(guest: &Guest, project: &Project, number: u32) -> anyhow::Result<Verdict> {
+    let stem = prepare_test_program(guest, project, number)?;
     let options = ExecOptions {
         log: None,
         timeout: Some(Duration::from_secs(project.test.timeout_secs)),

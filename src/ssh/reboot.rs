@@ -8,8 +8,13 @@ use super::{wait_for_ssh, ExitStatus, Session};
 use crate::exit::Failure;
 
 /// Reboots as root directly, or through `sudo -n` for a cloud image's user.
-const REBOOT_SCRIPT: &str =
-    "if [ \"$(id -u)\" = 0 ]; then exec reboot; else exec sudo -n reboot; fi";
+/// Under systemd, `systemctl reboot --force` skips the services' stop jobs,
+/// which take several seconds under TCG, but still kills every process and
+/// unmounts or remounts each file system read-only before the reboot.
+const REBOOT_SCRIPT: &str = "c=reboot; \
+     if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then \
+     c='systemctl reboot --force'; fi; \
+     if [ \"$(id -u)\" = 0 ]; then exec $c; else exec sudo -n $c; fi";
 
 /// A random UUID that Linux makes anew at every boot.
 const BOOT_ID_PATH: &str = "/proc/sys/kernel/random/boot_id";
@@ -184,6 +189,15 @@ fn parse_boot_id(text: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reboot_script_is_valid_shell() {
+        let status = std::process::Command::new("sh")
+            .args(["-n", "-c", REBOOT_SCRIPT])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
     use std::collections::VecDeque;
 
     /// A guest whose boot id reads return the scripted answers in order.
