@@ -3,7 +3,7 @@
 //! and run the checks there.
 
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::{CommandError, CommandResult, Phase};
 use crate::build::BuildOptions;
@@ -145,6 +145,7 @@ pub async fn verify_in_vm(project: &Project, args: &VerifyArgs) -> CommandResult
     let running = guest
         .capture(&["uname", "-r"])
         .phase(ExitCode::Infrastructure)?;
+    let mut rebooted = None;
     if boot_id == installed.boot_id || running.trim() != installed.release {
         if boot_id != installed.boot_id {
             // The VM rebooted since the install, so GRUB used up the one-time entry.
@@ -160,6 +161,7 @@ pub async fn verify_in_vm(project: &Project, args: &VerifyArgs) -> CommandResult
         let timeout = args
             .timeout
             .map_or(crate::vm::up::DEFAULT_BOOT_TIMEOUT, Duration::from_secs);
+        rebooted = Some(Instant::now());
         boot::boot_installed(&mut guest, &installed, timeout)
             .await
             .phase(ExitCode::Infrastructure)?;
@@ -169,9 +171,15 @@ pub async fn verify_in_vm(project: &Project, args: &VerifyArgs) -> CommandResult
         ui::result(line);
     }
     if checks.passed() {
+        let after = rebooted.map_or_else(String::new, |started: Instant| {
+            format!(
+                ", {} after the reboot request",
+                ui::seconds(started.elapsed())
+            )
+        });
         ui::status(
             "Passed",
-            format!("{} in VM {}", project.syscall.name, guest.vm.name),
+            format!("{} in VM {}{after}", project.syscall.name, guest.vm.name),
         );
         return Ok(ExitCode::Passed);
     }
