@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shared by the benchmark scripts: serve the Debian test image from
 # 127.0.0.1 and write a profile that points at it. Source it; it needs
 # $repo and $work set, and sets $server_pid and $port.
@@ -41,4 +42,32 @@ method = "cloud-init"
 manager = "apt"
 build_deps = ["kmod"]
 PROFILE
+}
+
+# Boots QEMU with kbuild's settings on disk $1 and seed $2, console and pid
+# file in folder $3, plus any further QEMU arguments, and prints the seconds
+# until the first successful `ssh true` with the project key (at most 600).
+# Leaves QEMU running; its pid is in $3/qemu.pid.
+time_bare_boot() {
+  local disk=$1 seed=$2 dir=$3 start ssh_port
+  shift 3
+  ssh_port=$(free_port)
+  start=$(date +%s.%N)
+  qemu-system-x86_64 -machine q35 -accel tcg -smp 2 -m 1024 "$@" \
+    -drive "file=$disk,if=virtio,format=qcow2" \
+    -drive "file=$seed,if=virtio,format=raw,readonly=on" \
+    -netdev "user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:$ssh_port-:22" \
+    -device virtio-net-pci,netdev=net0 -device virtio-rng-pci \
+    -serial "file:$dir/console.log" -nodefaults -no-user-config -display none \
+    -daemonize -pidfile "$dir/qemu.pid"
+  until ssh -q -i "$work/project/.kbuild/ssh/id_ed25519" -p "$ssh_port" -o BatchMode=yes \
+    -o ConnectTimeout=2 -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null \
+    debian@127.0.0.1 true; do
+    if [ "$(echo "$(date +%s.%N) - $start > 600" | bc)" = 1 ]; then
+      echo "bare boot: no SSH after 600 s; console: $dir/console.log" >&2
+      break
+    fi
+    sleep 0.25
+  done
+  echo "$(date +%s.%N) - $start" | bc
 }

@@ -49,26 +49,12 @@ time_kbuild() {
 # Seconds from starting QEMU to the first successful `ssh true`, with a
 # fresh overlay and the seed kbuild wrote, and kbuild's QEMU settings.
 time_bare() {
-  local dir=$work/bare start ssh_port
+  local dir=$work/bare base
   rm -rf "$dir" && mkdir -p "$dir"
   cp "$work/seed.img" "$dir/seed.img"
   base=$(find "$work/cache/images" -name 'disk.qcow2' | head -n 1)
   qemu-img create -q -f qcow2 -F qcow2 -b "$base" "$dir/disk.qcow2" 6G
-  ssh_port=$(free_port)
-  start=$(date +%s.%N)
-  qemu-system-x86_64 -machine q35 -accel tcg -smp 2 -m 1024 \
-    -drive "file=$dir/disk.qcow2,if=virtio,format=qcow2" \
-    -drive "file=$dir/seed.img,if=virtio,format=raw,readonly=on" \
-    -netdev "user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:$ssh_port-:22" \
-    -device virtio-net-pci,netdev=net0 -device virtio-rng-pci \
-    -serial "file:$dir/console.log" -nodefaults -no-user-config -display none \
-    -daemonize -pidfile "$dir/qemu.pid"
-  until ssh -q -i "$work/project/.kbuild/ssh/id_ed25519" -p "$ssh_port" -o BatchMode=yes \
-    -o ConnectTimeout=2 -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null \
-    debian@127.0.0.1 true; do
-    sleep 0.25
-  done
-  echo "$(date +%s.%N) - $start" | bc
+  time_bare_boot "$dir/disk.qcow2" "$dir/seed.img" "$dir"
   kill "$(cat "$dir/qemu.pid")"
 }
 
