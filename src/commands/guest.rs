@@ -17,7 +17,7 @@ use crate::vm::project_vm::ProjectVm;
 use crate::vm::VmStatus;
 use crate::{patch, ui};
 
-/// Where a build runs and where its kernel goes.
+/// The machine a build runs on and the place its kernel goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
     /// On the host, for `verify --direct`.

@@ -13,7 +13,7 @@ use crate::ssh::{self, Session};
 use crate::verify::console;
 use crate::{ui, vm};
 
-/// Longest single wait for SSH before the console is read again.
+/// Maximum single wait for SSH before the console is read again.
 const SSH_WINDOW: Duration = Duration::from_secs(5);
 
 /// Pause before reading the boot id again while the old system shuts down.
@@ -22,7 +22,7 @@ const POLL_DELAY: Duration = Duration::from_secs(1);
 /// Pause after a login that the shutting-down system rejected at once.
 const REJECTED_DELAY: Duration = Duration::from_millis(250);
 
-/// Why the new kernel did not come up.
+/// The reason the new kernel did not come up.
 enum Failed {
     Panic(String),
     /// The last SSH error seen.

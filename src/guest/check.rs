@@ -103,8 +103,8 @@ fn symbol_check(guest: &Guest, name: &str) -> anyhow::Result<Check> {
 }
 
 /// Writes the test program to the guest and compiles it with the guest's
-/// compiler, unless the binary there already comes from the same source;
-/// returns the binary's path. `verify` calls it before the reboot, because
+/// compiler, unless the binary there already comes from the same source.
+/// Returns the binary's path. `verify` calls it before the reboot, because
 /// the program does not depend on the running kernel.
 pub fn prepare_test_program(
     guest: &Guest,

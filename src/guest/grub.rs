@@ -14,8 +14,8 @@ pub struct MenuEntry {
 }
 
 impl MenuEntry {
-    /// The entry as `grub-reboot` takes it: `submenu>entry`, by id where
-    /// there is one and by title otherwise.
+    /// Returns the entry as `grub-reboot` takes it: `submenu>entry`, by id
+    /// where there is one and by title otherwise.
     pub fn path(&self) -> String {
         let own = self.id.clone().unwrap_or_else(|| self.title.clone());
         let mut parts = self.parents.clone();
@@ -116,8 +116,8 @@ pub fn fallback_entry<'a>(
 }
 
 /// Finds the Boot Loader Specification entry of `release` in a listing of
-/// `/boot/loader/entries` (one file name a line), as Fedora's GRUB reads
-/// them; returns its id, the file name without `.conf`.
+/// `/boot/loader/entries`, one file name a line, as Fedora's GRUB reads
+/// them. Returns its id, which is the file name without `.conf`.
 pub fn bls_entry_id(listing: &str, release: &str) -> Option<String> {
     let suffix = format!("-{release}.conf");
     listing
@@ -152,12 +152,12 @@ fn current_entry(stack: &[Block]) -> Option<Block> {
         .cloned()
 }
 
-/// A submenu's id, or else its title.
+/// Returns a submenu's id, or else its title.
 fn menu_name(words: &[String]) -> String {
     option_value(words).unwrap_or_else(|| words.get(1).cloned().unwrap_or_default())
 }
 
-/// The word after `$menuentry_id_option` or `--id`.
+/// Returns the word after `$menuentry_id_option` or `--id`.
 fn option_value(words: &[String]) -> Option<String> {
     words
         .iter()

@@ -14,8 +14,8 @@ use crate::project::Project;
 use crate::ssh::{ExecOptions, ExitStatus};
 use crate::ui;
 
-/// What kbuild installed in the guest, kept in `.kbuild/guest/installed.toml`
-/// for `verify`.
+/// The record of the kernel kbuild installed in the guest, kept in
+/// `.kbuild/guest/installed.toml` for `verify`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Installed {
     pub release: String,
@@ -29,7 +29,7 @@ pub struct Installed {
     pub boot_id: String,
     pub syscall: String,
     pub number: u32,
-    /// Where the kernel was built: `guest` or `host`.
+    /// The machine that built the kernel: `guest` or `host`.
     pub built_on: String,
 }
 
@@ -55,7 +55,7 @@ pub fn load(project: &Project) -> anyhow::Result<Option<Installed>> {
     Ok(Some(record))
 }
 
-/// What `install` needs to know about the kernel.
+/// The facts about a staged kernel that `install` records.
 pub struct Kernel<'a> {
     pub release: &'a str,
     pub number: u32,

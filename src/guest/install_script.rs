@@ -19,7 +19,7 @@ pub const MARKER: &str = ".kbuild-installed";
 /// GRUB drop-in that makes GRUB boot the saved entry (the fallback kernel).
 pub const GRUB_DROP_IN: &str = "/etc/default/grub.d/90-kbuild.cfg";
 
-/// The initramfs file the profile's tool writes for `release`.
+/// Returns the initramfs file the profile's tool writes for `release`.
 pub fn initramfs_path(tool: InitramfsTool, release: &str) -> String {
     match tool {
         InitramfsTool::UpdateInitramfs => format!("/boot/initrd.img-{release}"),

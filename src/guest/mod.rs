@@ -2,11 +2,14 @@
 //! the build there, the install of a kernel built here or there, the boot
 //! into it, and the checks that the syscall works.
 //!
-//! In the order they run: `sync` (tree to guest), `remote_build` (make in
-//! the guest) or `push` (build on the host, send the result), `install`
-//! (kernel, modules, initramfs, bootloader, one-time boot entry, with
-//! `grub` reading the menu), `boot` (reboot and fall back), `check` (the
-//! syscall, its symbol and its log line).
+//! The modules, in the order they run:
+//! - `sync` sends the tree to the guest.
+//! - `remote_build` runs make in the guest, or `push` builds on the host and
+//!   sends the result.
+//! - `install` installs kernel, modules and initramfs and arms a one-time
+//!   boot entry, with `grub` reading the menu.
+//! - `boot` reboots and falls back; `check` tests the syscall, its symbol and
+//!   its log line.
 
 pub mod boot;
 pub mod check;
@@ -133,7 +136,7 @@ impl Guest {
         Ok(path)
     }
 
-    /// The folders kbuild uses in the guest.
+    /// Returns the folders kbuild uses in the guest.
     pub fn dirs(&self) -> GuestDirs {
         GuestDirs::under(&self.home)
     }
@@ -167,7 +170,7 @@ impl Guest {
         Ok(output.stdout)
     }
 
-    /// The serial console log of the VM, which survives reboots.
+    /// Returns the VM's serial console log, which survives reboots.
     pub fn console_log(&self) -> PathBuf {
         self.state.console_log.clone()
     }
@@ -200,7 +203,7 @@ impl GuestDirs {
     }
 }
 
-/// The host folder of kbuild's records about the guest.
+/// Returns the host folder of kbuild's records about the guest.
 pub fn state_dir(project: &Project) -> PathBuf {
     project.state_dir().join("guest")
 }

@@ -2,8 +2,8 @@
 //! guest, runs make there with the host build's progress display, log and
 //! error hints, and stages the result for the install step.
 //!
-//! The config steps run on the host because they need the same scripts and
-//! checks as the fast loop; make's `syncconfig` in the guest then adapts
+//! The config steps run on the host, because they need the same scripts and
+//! checks as the fast loop. Make's `syncconfig` in the guest then adapts
 //! `.config` to the guest's compiler.
 
 use std::path::{Path, PathBuf};

@@ -188,8 +188,8 @@ pub struct VmSpec {
 }
 
 impl BuildSpec {
-    /// The `O=` folder of kernels built for the VM, beside the fast loop's:
-    /// `build-vm` next to `build`.
+    /// Returns the `O=` folder of kernels built for the VM, beside the fast
+    /// loop's: `build-vm` next to `build`.
     pub fn vm_dir(&self) -> PathBuf {
         let mut name = self
             .dir

@@ -67,7 +67,7 @@ impl Session {
     /// Reads the guest's boot id, a UUID that changes at every boot.
     ///
     /// The read has a deadline, because a connection made while the guest
-    /// shuts down can stay open with nobody at the other end.
+    /// shuts down can stay open after the guest's side is gone.
     pub fn boot_id(&self) -> anyhow::Result<String> {
         let options = ExecOptions {
             log: None,

@@ -1,7 +1,7 @@
-//! The Debian 12 test VM shared by the end-to-end tests: the image built by
-//! scripts/build-test-image.sh (cached), served gzip-compressed with a sums
-//! file from an HTTP server on 127.0.0.1, a profile that points at it, and
-//! a guard that kills the VM's QEMU when a test ends.
+//! The Debian 12 test VM shared by the end-to-end tests. The image comes from
+//! scripts/build-test-image.sh (cached) and is served gzip-compressed, with a
+//! sums file, from an HTTP server on 127.0.0.1. A profile points at it, and a
+//! guard kills the VM's QEMU when a test ends.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
