@@ -86,8 +86,8 @@ pub async fn choose_accel(requested: Option<Accel>, qemu: &str) -> Accel {
 }
 
 /// Checks the KVM device, then returns the cached probe verdict for this
-/// boot or runs the probe.
-async fn kvm_verdict(qemu: &str) -> Result<(), String> {
+/// boot or runs the probe. The error is the reason KVM is unusable.
+pub(crate) async fn kvm_verdict(qemu: &str) -> Result<(), String> {
     check_device(Path::new(KVM_DEVICE))?;
     let boot_id = std::fs::read_to_string(BOOT_ID).ok();
     let cache = cache_dir_from(|name| std::env::var_os(name)).map(|dir| dir.join(CACHE_FILE));

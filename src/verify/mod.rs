@@ -16,6 +16,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::Context;
 
 pub use accel::choose_accel;
+pub(crate) use accel::kvm_verdict;
 pub use test_program::render_test_program;
 
 use crate::exit::Failure;
