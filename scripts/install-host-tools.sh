@@ -28,6 +28,7 @@ apt-get update -q
 
 apt-get install -y -q --no-install-recommends \
   build-essential bc flex bison libelf-dev libssl-dev dwarves pkg-config zlib1g-dev openssh-server openssh-client openssl \
-  cpio gzip xz-utils ccache rsync linux-source-6.1 mmdebstrap fdisk e2fsprogs python3
+  cpio gzip xz-utils ccache rsync linux-source-6.1 mmdebstrap fdisk e2fsprogs python3 \
+  python3-jsonschema python3-junitparser
 
 apt-get install -y -q --no-install-recommends "${backports[@]}" qemu-system-x86 qemu-utils

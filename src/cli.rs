@@ -61,6 +61,11 @@ pub enum Command {
     Down(DownArgs),
     /// Stop the VM and delete it with its disk; the cached image stays
     Destroy,
+    /// Run every step (up, patch, build, install, reboot, verify), skipping steps still valid
+    #[command(after_help = crate::run::STEPS_HELP)]
+    Run(RunArgs),
+    /// Check the host: QEMU, KVM, VirtualBox, free disk, compilers and build tools
+    Doctor(DoctorArgs),
 }
 
 #[derive(Debug, Args)]
@@ -160,4 +165,50 @@ pub struct DownArgs {
     /// Seconds to wait for the guest to power off before forcing it
     #[arg(long, value_name = "SECONDS", default_value_t = 60)]
     pub timeout: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Boot the host build directly with QEMU instead of using the VM
+    #[arg(long)]
+    pub direct: bool,
+
+    /// Build inside the VM (default: build on the host and send the kernel to the VM)
+    #[arg(long, conflicts_with = "direct")]
+    pub in_guest: bool,
+
+    /// Run this step and every later one even when their records are still valid
+    #[arg(long, value_name = "STEP", conflicts_with_all = ["only", "fresh"])]
+    pub from: Option<String>,
+
+    /// Run only this step, whatever the records say
+    #[arg(long, value_name = "STEP", conflicts_with = "fresh")]
+    pub only: Option<String>,
+
+    /// Forget every step's record and run all steps
+    #[arg(long)]
+    pub fresh: bool,
+
+    /// Write a JSON report of the run to FILE
+    #[arg(long, value_name = "FILE")]
+    pub report: Option<PathBuf>,
+
+    /// Write a JUnit XML file with one test case per step and per check to FILE
+    #[arg(long, value_name = "FILE")]
+    pub junit: Option<PathBuf>,
+
+    /// Parallel make jobs (default: build.jobs, else CPUs capped by available memory)
+    #[arg(short, long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub jobs: Option<u32>,
+
+    /// Accelerator for QEMU: kvm or tcg (default: KVM when a probe guest runs, else TCG)
+    #[arg(long, value_name = "ACCEL", value_parser = parse_accel)]
+    pub accel: Option<Accel>,
+}
+
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// Print the findings as one JSON object
+    #[arg(long)]
+    pub json: bool,
 }

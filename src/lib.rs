@@ -9,6 +9,7 @@
 pub mod build;
 pub mod cli;
 pub mod commands;
+pub mod doctor;
 pub mod exit;
 pub mod guest;
 pub mod host;
@@ -19,6 +20,7 @@ pub mod paths;
 pub mod profile;
 pub mod project;
 pub mod provision;
+pub mod run;
 pub mod source;
 pub mod ssh;
 pub mod template;

@@ -18,68 +18,16 @@ mod http_server;
 #[path = "support/test_vm.rs"]
 mod test_vm;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 
 use support::Kbuild;
-use test_vm::{profile_text, serve_image, text, VmGuard};
+use test_vm::{serve_image, set_vm_section, text, vm_project};
 
 /// A fragment whose built-in command line names an init that the
 /// initramfs lacks: the kernel then tries to mount root=UUID= itself, which
 /// only an initramfs can, and panics.
 const PANIC_FRAGMENT: &str =
     "CONFIG_CMDLINE_BOOL=y\nCONFIG_CMDLINE=\"rdinit=/kbuild-no-such-init\"\n";
-
-struct VmProject {
-    kbuild: Kbuild,
-    dir: PathBuf,
-    _guard: VmGuard,
-}
-
-/// Writes a project for `tree` whose VM is the test image, with `disk_gib` of disk.
-fn vm_project(
-    work: &Path,
-    server: &http_server::HttpServer,
-    disk_gib: u32,
-    memory_mib: u32,
-) -> VmProject {
-    let dir = work.join("project");
-    let tree = support::work_tree(&work.join("linux"));
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(
-        dir.join("test-profile.toml"),
-        profile_text(server, disk_gib, memory_mib),
-    )
-    .unwrap();
-    let init = Command::new(env!("CARGO_BIN_EXE_kbuild"))
-        .args(["init", "--name", "kbuild_add", "--dir"])
-        .arg(&dir)
-        .arg("--source")
-        .arg(&tree)
-        .output()
-        .unwrap();
-    assert!(init.status.success(), "{}", text(&init.stderr));
-    set_vm_section(&dir, "config = \"tinyconfig\"\n");
-    let home = work.join("home");
-    std::fs::create_dir_all(&home).unwrap();
-    VmProject {
-        kbuild: Kbuild {
-            project: dir.join("kbuild.toml"),
-            home,
-        },
-        _guard: VmGuard(dir.join(".kbuild/vm")),
-        dir,
-    }
-}
-
-/// Replaces the project's [vm] profile line with the test profile and `extra`.
-fn set_vm_section(dir: &Path, extra: &str) {
-    let path = dir.join("kbuild.toml");
-    let text = std::fs::read_to_string(&path).unwrap();
-    let start = text.find("profile = ").expect("no [vm] profile line");
-    let replaced = format!("{}profile = \"test-profile.toml\"\n{extra}", &text[..start]);
-    std::fs::write(&path, replaced).unwrap();
-}
 
 fn guest_release(kbuild: &Kbuild) -> String {
     let uname = kbuild.run(&["ssh", "--", "uname", "-r"]);

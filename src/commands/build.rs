@@ -50,7 +50,7 @@ async fn build_tree(project: &Project, tree: &std::path::Path, args: &BuildArgs)
 
 /// Names the template when the compiler's errors are in the syscall body,
 /// because kernel/NAME.c is generated and edits to it are overwritten.
-fn point_at_template(project: &Project, error: anyhow::Error) -> anyhow::Error {
+pub(super) fn point_at_template(project: &Project, error: anyhow::Error) -> anyhow::Error {
     let generated = format!("kernel/{}.c", project.syscall.name);
     if !format!("{error:#}").contains(&generated) {
         return error;

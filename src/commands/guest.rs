@@ -65,6 +65,15 @@ pub async fn vm_runs(project: &Project) -> anyhow::Result<bool> {
     }
 }
 
+/// A kernel built for the VM and staged in the guest, not yet installed.
+pub struct Staged {
+    pub release: String,
+    /// The build log: make's output, on the host or from the guest.
+    pub log: std::path::PathBuf,
+    /// `host` or `guest`.
+    pub built_on: &'static str,
+}
+
 /// Builds the patched tree for the VM and installs the kernel there.
 pub async fn build_for_vm(
     project: &Project,
@@ -74,12 +83,31 @@ pub async fn build_for_vm(
 ) -> CommandResult {
     let guest = Guest::open(project).await.phase(ExitCode::Infrastructure)?;
     let number = syscall_number(project, tree)?;
+    let options = BuildOptions { jobs: args.jobs };
+    let staged = build_staged(project, tree, &guest, &options, mode).await?;
+    let install_log = install_staged(project, &guest, &staged, number)?;
+    ui::detail(format!(
+        "logs: {} and {}",
+        staged.log.display(),
+        install_log.display()
+    ));
+    Ok(ExitCode::Passed)
+}
+
+/// Builds in the guest (`InGuest`) or on the host and sends the kernel
+/// there (`OnHost`), leaving it staged for `install_staged`.
+pub async fn build_staged(
+    project: &Project,
+    tree: &Path,
+    guest: &Guest,
+    options: &BuildOptions,
+    mode: Mode,
+) -> Result<Staged, CommandError> {
     // Compile and make errors carry exit code 3 themselves; what is left
     // here (SSH, SFTP, the guest's disk) is infrastructure.
-    let options = BuildOptions { jobs: args.jobs };
-    let (release, log, built_on) = match mode {
+    let staged = match mode {
         Mode::OnHost => {
-            let pushed = push::build_and_push(project, tree, &guest, &options)
+            let pushed = push::build_and_push(project, tree, guest, options)
                 .await
                 .phase(ExitCode::Infrastructure)?;
             ui::detail(format!(
@@ -88,23 +116,42 @@ pub async fn build_for_vm(
                 guest.vm.name,
                 ui::seconds(pushed.elapsed)
             ));
-            (pushed.built.release, pushed.built.log, "host")
+            Staged {
+                release: pushed.built.release,
+                log: pushed.built.log,
+                built_on: "host",
+            }
         }
         _ => {
-            let built = remote_build::build_in_guest(project, tree, &guest, &options)
+            let built = remote_build::build_in_guest(project, tree, guest, options)
                 .await
                 .phase(ExitCode::Infrastructure)?;
-            (built.release, built.log, "guest")
+            Staged {
+                release: built.release,
+                log: built.log,
+                built_on: "guest",
+            }
         }
     };
+    Ok(staged)
+}
+
+/// Installs the staged kernel and arms its one-time boot entry; returns the
+/// install log.
+pub fn install_staged(
+    project: &Project,
+    guest: &Guest,
+    staged: &Staged,
+    number: u32,
+) -> Result<std::path::PathBuf, CommandError> {
     let kernel = Kernel {
-        release: &release,
+        release: &staged.release,
         number,
-        built_on,
+        built_on: staged.built_on,
     };
     let install_log = project.log_dir().join("install.log");
     let installed =
-        install::install(&guest, project, &kernel, &install_log).phase(ExitCode::Infrastructure)?;
+        install::install(guest, project, &kernel, &install_log).phase(ExitCode::Infrastructure)?;
     ui::status(
         "Installed",
         format!(
@@ -112,17 +159,37 @@ pub async fn build_for_vm(
             installed.release, guest.vm.name
         ),
     );
-    ui::detail(format!(
-        "logs: {} and {}",
-        log.display(),
-        install_log.display()
-    ));
-    Ok(ExitCode::Passed)
+    Ok(install_log)
 }
 
 /// Reboots the VM into the installed kernel when it does not run it yet,
 /// then runs the checks and prints one line per check.
 pub async fn verify_in_vm(project: &Project, args: &VerifyArgs) -> CommandResult {
+    let installed = installed_record(project)?;
+    let mut guest = Guest::open(project).await.phase(ExitCode::Infrastructure)?;
+    let timeout = args
+        .timeout
+        .map_or(crate::vm::up::DEFAULT_BOOT_TIMEOUT, Duration::from_secs);
+    let rebooted = reboot_if_needed(project, &mut guest, &installed, timeout).await?;
+    let checks = run_checks(project, &guest, &installed)?;
+    if checks.passed() {
+        let after = rebooted.map_or_else(String::new, |started: Instant| {
+            format!(
+                ", {} after the reboot request",
+                ui::seconds(started.elapsed())
+            )
+        });
+        ui::status(
+            "Passed",
+            format!("{} in VM {}{after}", project.syscall.name, guest.vm.name),
+        );
+        return Ok(ExitCode::Passed);
+    }
+    Ok(ExitCode::VerificationFailed)
+}
+
+/// Reads the install record of the project's syscall; the error names the command to run.
+pub fn installed_record(project: &Project) -> Result<install::Installed, CommandError> {
     let installed = install::load(project)
         .phase(ExitCode::Usage)?
         .ok_or_else(|| {
@@ -139,61 +206,68 @@ pub async fn verify_in_vm(project: &Project, args: &VerifyArgs) -> CommandResult
         )))
         .phase(ExitCode::Usage);
     }
-    let mut guest = Guest::open(project).await.phase(ExitCode::Infrastructure)?;
+    Ok(installed)
+}
+
+/// Reboots into the installed kernel unless the VM runs it in a boot after
+/// the install; re-arms the one-time entry when the VM rebooted since.
+/// Returns when the reboot was requested, or `None` without a reboot.
+pub async fn reboot_if_needed(
+    project: &Project,
+    guest: &mut Guest,
+    installed: &install::Installed,
+    timeout: Duration,
+) -> Result<Option<Instant>, CommandError> {
     let boot_id =
         tokio::task::block_in_place(|| guest.session.boot_id()).phase(ExitCode::Infrastructure)?;
     let running = guest
         .capture(&["uname", "-r"])
         .phase(ExitCode::Infrastructure)?;
-    let mut rebooted = None;
-    if boot_id == installed.boot_id || running.trim() != installed.release {
-        if boot_id != installed.boot_id {
-            // The VM rebooted since the install, so GRUB used up the one-time entry.
-            ui::status(
-                "Arming",
-                format!("the one-time boot of linux {} again", installed.release),
-            );
-            let log = project.log_dir().join("install.log");
-            install::arm(&guest, &installed, &log).phase(ExitCode::Infrastructure)?;
-        }
-        check::prepare_test_program(&guest, project, installed.number)
-            .phase(ExitCode::Infrastructure)?;
-        let timeout = args
-            .timeout
-            .map_or(crate::vm::up::DEFAULT_BOOT_TIMEOUT, Duration::from_secs);
-        rebooted = Some(Instant::now());
-        boot::boot_installed(&mut guest, &installed, timeout)
-            .await
-            .phase(ExitCode::Infrastructure)?;
+    if boot_id != installed.boot_id && running.trim() == installed.release {
+        return Ok(None);
     }
-    let checks = check::run_checks(&guest, project, &installed).phase(ExitCode::Infrastructure)?;
+    if boot_id != installed.boot_id {
+        // The VM rebooted since the install, so GRUB used up the one-time entry.
+        ui::status(
+            "Arming",
+            format!("the one-time boot of linux {} again", installed.release),
+        );
+        let log = project.log_dir().join("install.log");
+        install::arm(guest, installed, &log).phase(ExitCode::Infrastructure)?;
+    }
+    check::prepare_test_program(guest, project, installed.number)
+        .phase(ExitCode::Infrastructure)?;
+    let requested = Instant::now();
+    boot::boot_installed(guest, installed, timeout)
+        .await
+        .phase(ExitCode::Infrastructure)?;
+    Ok(Some(requested))
+}
+
+/// Runs the checks in the VM and prints one line per check, and a summary
+/// line when one failed.
+pub fn run_checks(
+    project: &Project,
+    guest: &Guest,
+    installed: &install::Installed,
+) -> Result<check::Checks, CommandError> {
+    let checks = check::run_checks(guest, project, installed).phase(ExitCode::Infrastructure)?;
     for line in &checks.checks {
         ui::result(line);
     }
-    if checks.passed() {
-        let after = rebooted.map_or_else(String::new, |started: Instant| {
-            format!(
-                ", {} after the reboot request",
-                ui::seconds(started.elapsed())
-            )
-        });
-        ui::status(
-            "Passed",
-            format!("{} in VM {}{after}", project.syscall.name, guest.vm.name),
-        );
-        return Ok(ExitCode::Passed);
+    if !checks.passed() {
+        let failed: Vec<&str> = checks
+            .checks
+            .iter()
+            .filter(|check| check.state == State::Fail)
+            .map(|check| check.name)
+            .collect();
+        ui::status("Failed", format!("checks: {}", failed.join(", ")));
     }
-    let failed: Vec<&str> = checks
-        .checks
-        .iter()
-        .filter(|check| check.state == State::Fail)
-        .map(|check| check.name)
-        .collect();
-    ui::status("Failed", format!("checks: {}", failed.join(", ")));
-    Ok(ExitCode::VerificationFailed)
+    Ok(checks)
 }
 
-fn syscall_number(project: &Project, tree: &Path) -> Result<u32, CommandError> {
+pub fn syscall_number(project: &Project, tree: &Path) -> Result<u32, CommandError> {
     let name = &project.syscall.name;
     patch::syscall_number(tree, project.kernel.arch, name)
         .phase(ExitCode::Usage)?

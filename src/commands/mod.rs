@@ -1,9 +1,11 @@
 //! One function per subcommand; each maps its phases to exit codes.
 
 mod build;
+mod doctor;
 mod guest;
 mod init;
 mod patch;
+mod run;
 mod up;
 mod verify;
 mod vm;
@@ -91,6 +93,8 @@ async fn dispatch(cli: Cli) -> Result<i32, CommandError> {
         Command::Ssh(args) => return vm::ssh(&load(path)?, &args).await,
         Command::Down(args) => vm::down(&load(path)?, &args).await,
         Command::Destroy => vm::destroy(&load(path)?).await,
+        Command::Run(args) => run::run(&load(path)?, &args).await,
+        Command::Doctor(args) => doctor::run(optional_project(path), &args).await,
     }?;
     Ok(code.code())
 }
@@ -102,4 +106,9 @@ fn load(path: Option<PathBuf>) -> Result<Project, CommandError> {
         None => Project::find(&PathBuf::from(".")).phase(ExitCode::Usage)?,
     };
     Project::load(&path).phase(ExitCode::Usage)
+}
+
+/// The project when one is named or found, for commands that also work without one.
+fn optional_project(path: Option<PathBuf>) -> Option<Project> {
+    load(path).ok()
 }

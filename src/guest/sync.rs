@@ -199,3 +199,38 @@ fn report(plan: &Plan, bytes_sent: u64, started: Instant) -> SyncReport {
         elapsed: started.elapsed(),
     }
 }
+
+/// Returns a digest of the tree's files (paths, sizes, mtimes, modes, link
+/// targets) as the sync sees them, without the folders in `skip`. Any added,
+/// removed, resized or touched file changes it; `kbuild run` uses it to
+/// notice edits to the tree.
+pub fn tree_digest(tree: &Path, skip: &[std::path::PathBuf]) -> anyhow::Result<String> {
+    use sha2::{Digest, Sha256};
+    let prefixes: Vec<String> = skip
+        .iter()
+        .filter_map(|folder| folder.strip_prefix(tree).ok())
+        .filter_map(|relative| relative.to_str())
+        .filter(|relative| !relative.is_empty())
+        .map(|relative| format!("{relative}/"))
+        .collect();
+    let files = manifest::scan(tree)?;
+    let mut hasher = Sha256::new();
+    for (path, entry) in &files {
+        if prefixes
+            .iter()
+            .any(|prefix| path.starts_with(prefix.as_str()))
+        {
+            continue;
+        }
+        let line = serde_json::to_string(entry).context("serializing a tree entry")?;
+        hasher.update(path.as_bytes());
+        hasher.update([0]);
+        hasher.update(line.as_bytes());
+        hasher.update([b'\n']);
+    }
+    Ok(hasher
+        .finalize()
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect())
+}

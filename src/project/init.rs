@@ -120,6 +120,12 @@ profile = "debian-12"
 # Keep only the modules the VM has loaded (make localmodconfig), so a
 # distribution config builds a few hundred modules instead of thousands.
 # localmodconfig = false
+
+[run.timeouts]
+# Seconds each step of `kbuild run` may take. `kbuild run --help` lists the
+# steps and their defaults, which suit QEMU without KVM.
+# build = 14400
+# reboot = 900
 "#
     )
 }

@@ -32,6 +32,7 @@ pub struct Project {
     pub kernel: KernelSpec,
     pub build: BuildSpec,
     pub vm: VmSpec,
+    pub run: RunSpec,
 }
 
 /// The system call to add.
@@ -185,6 +186,23 @@ pub struct VmSpec {
     /// Runs `make localmodconfig` with the guest's loaded modules, so that
     /// a distribution config builds only the modules the VM uses.
     pub localmodconfig: bool,
+}
+
+/// Settings of `kbuild run`.
+#[derive(Debug, Clone, Default)]
+pub struct RunSpec {
+    /// Per-step timeouts from `[run.timeouts]`, by step.
+    pub timeouts: std::collections::BTreeMap<crate::run::Step, std::time::Duration>,
+}
+
+impl RunSpec {
+    /// The step's timeout: the project's, else the default.
+    pub fn timeout(&self, step: crate::run::Step) -> std::time::Duration {
+        self.timeouts
+            .get(&step)
+            .copied()
+            .unwrap_or_else(|| step.default_timeout())
+    }
 }
 
 impl BuildSpec {

@@ -17,6 +17,8 @@ pub struct RawProject {
     pub build: RawBuild,
     #[serde(default)]
     pub vm: RawVm,
+    #[serde(default)]
+    pub run: RawRun,
 }
 
 #[derive(Debug, Deserialize)]
@@ -78,6 +80,12 @@ pub struct RawVm {
     pub config: Option<Spanned<String>>,
     pub fragments: Option<Vec<Spanned<String>>>,
     pub localmodconfig: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRun {
+    pub timeouts: Option<std::collections::BTreeMap<String, Spanned<u64>>>,
 }
 
 fn default_template() -> Spanned<String> {

@@ -2,10 +2,11 @@
 
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use toml::Spanned;
 
-use super::raw::{RawArg, RawBuild, RawProject, RawTestArg, RawVm};
+use super::raw::{RawArg, RawBuild, RawProject, RawRun, RawTestArg, RawVm};
 use super::*;
 use crate::exit::Failure;
 
@@ -36,6 +37,7 @@ pub fn parse(path: &Path, text: &str) -> anyhow::Result<Project> {
         kernel: checker.kernel(&raw)?,
         build: checker.build(&raw.build)?,
         vm: checker.vm(raw.vm)?,
+        run: checker.run(&raw.run)?,
         dir,
     })
 }
@@ -452,6 +454,29 @@ impl Checker<'_> {
         })
     }
 
+    fn run(&self, raw: &RawRun) -> anyhow::Result<RunSpec> {
+        let mut timeouts = std::collections::BTreeMap::new();
+        for (name, seconds) in raw.timeouts.iter().flatten() {
+            let Some(step) = crate::run::Step::parse(name) else {
+                return self.reject(
+                    &seconds.span(),
+                    format!(
+                        "[run.timeouts] has no step {name:?}; the steps are {}",
+                        crate::run::step_names()
+                    ),
+                );
+            };
+            if *seconds.get_ref() == 0 {
+                return self.reject(
+                    &seconds.span(),
+                    format!("[run.timeouts] {name} must be at least 1 second"),
+                );
+            }
+            timeouts.insert(step, Duration::from_secs(*seconds.get_ref()));
+        }
+        Ok(RunSpec { timeouts })
+    }
+
     fn config_base(&self, value: &Spanned<String>, choices: &str) -> anyhow::Result<ConfigBase> {
         match value.get_ref().as_str() {
             "defconfig" => Ok(ConfigBase::Defconfig),
@@ -499,6 +524,22 @@ source = "linux"
         parse(Path::new("/p/kbuild.toml"), text)
             .unwrap_err()
             .to_string()
+    }
+
+    #[test]
+    fn run_timeouts_override_named_steps() {
+        let text = format!("{GOOD}\n[run.timeouts]\nbuild = 600\nreboot = 1200\n");
+        let project = parse(Path::new("/p/kbuild.toml"), &text).unwrap();
+        use crate::run::Step;
+        assert_eq!(project.run.timeout(Step::Build), Duration::from_secs(600));
+        assert_eq!(project.run.timeout(Step::Reboot), Duration::from_secs(1200));
+        assert_eq!(project.run.timeout(Step::Vm), Step::Vm.default_timeout());
+
+        let unknown = parse_error(&format!("{GOOD}\n[run.timeouts]\ncompile = 600\n"));
+        assert!(unknown.contains("no step \"compile\""), "{unknown}");
+        assert!(unknown.contains("image, vm, deps"), "{unknown}");
+        let zero = parse_error(&format!("{GOOD}\n[run.timeouts]\nbuild = 0\n"));
+        assert!(zero.contains("build must be at least 1 second"), "{zero}");
     }
 
     #[test]

@@ -10,7 +10,7 @@ use super::machine::Machine;
 use super::project_vm::{key_dir, vm_dir, ProjectVm};
 use super::VmState;
 use crate::exit::Failure;
-use crate::image::{self, FetchOptions};
+use crate::image::{self, CachedImage, FetchOptions};
 use crate::profile::{LoginMethod, Profile};
 use crate::project::Project;
 use crate::provision::{self, Provisioned};
@@ -44,29 +44,60 @@ pub struct Ready {
     pub time_to_ssh: Duration,
 }
 
+/// A started VM with an SSH session, not yet provisioned.
+pub struct Booted {
+    pub vm: ProjectVm,
+    pub state: VmState,
+    pub session: Session,
+    /// Time from starting (or finding) the VM to the first SSH login.
+    pub time_to_ssh: Duration,
+}
+
 /// Brings the project's VM up and makes it ready for kernel builds.
 pub async fn up(project: &Project, options: &UpOptions) -> anyhow::Result<Ready> {
     let profile = Profile::load(&project.vm.profile, &project.dir)?;
+    let image = fetch(&profile, options.allow_unverified).await?;
+    let booted = boot(project, &profile, &image, options).await?;
+    let provisioned = provision_vm(project, &profile, &booted.session)?;
+    Ok(Ready {
+        vm: booted.vm,
+        state: booted.state,
+        session: booted.session,
+        provisioned,
+        time_to_ssh: booted.time_to_ssh,
+    })
+}
 
+/// Downloads the profile's image, or finds it in the cache, and verifies it.
+pub async fn fetch(profile: &Profile, allow_unverified: bool) -> anyhow::Result<CachedImage> {
     ui::status(
         "Fetching",
         format!("image of profile {} ({})", profile.name, profile.origin),
     );
     let fetch = FetchOptions {
-        allow_unverified: options.allow_unverified,
+        allow_unverified,
         ..FetchOptions::default()
     };
     let image =
         image::fetch_image(&profile.image, &paths::cache_dir().join("images"), &fetch).await?;
     ui::detail(format!("{} ({})", image.path.display(), image.digest));
+    Ok(image)
+}
 
+/// Creates the VM on first use, starts it unless it runs, and logs in over SSH.
+pub async fn boot(
+    project: &Project,
+    profile: &Profile,
+    image: &CachedImage,
+    options: &UpOptions,
+) -> anyhow::Result<Booted> {
     ssh::ensure_key_pair(&key_dir(project))?;
     let dir = vm_dir(project);
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let seed = write_seed_once(project, &profile, &dir)?;
+    let seed = write_seed_once(project, profile, &dir)?;
     let vm = ProjectVm::for_up(
         project,
-        &profile,
+        profile,
         &image.path,
         image.format,
         seed,
@@ -76,7 +107,7 @@ pub async fn up(project: &Project, options: &UpOptions) -> anyhow::Result<Ready>
     let started = Instant::now();
     let state = start(&vm).await?;
     let target = vm.target(project, &state);
-    let session = connect(&vm, &target, &profile, options.boot_timeout).await?;
+    let session = connect(&vm, &target, profile, options.boot_timeout).await?;
     let time_to_ssh = started.elapsed();
     ui::status(
         "Connected",
@@ -87,24 +118,25 @@ pub async fn up(project: &Project, options: &UpOptions) -> anyhow::Result<Ready>
             ui::seconds(time_to_ssh)
         ),
     );
-
-    let log = project.log_dir().join("provision.log");
-    std::fs::create_dir_all(project.log_dir())
-        .with_context(|| format!("creating {}", project.log_dir().display()))?;
-    let (session, provisioned) = tokio::task::spawn_blocking(move || {
-        let provisioned = provision::provision(&session, &profile, &log);
-        (session, provisioned)
-    })
-    .await
-    .context("the provisioning task panicked")?;
-
-    Ok(Ready {
+    Ok(Booted {
         vm,
         state,
         session,
-        provisioned: provisioned?,
         time_to_ssh,
     })
+}
+
+/// Checks the guest's resources and installs the profile's build
+/// dependencies; the commands' output goes to `provision.log`.
+pub fn provision_vm(
+    project: &Project,
+    profile: &Profile,
+    session: &Session,
+) -> anyhow::Result<Provisioned> {
+    let log = project.log_dir().join("provision.log");
+    std::fs::create_dir_all(project.log_dir())
+        .with_context(|| format!("creating {}", project.log_dir().display()))?;
+    tokio::task::block_in_place(|| provision::provision(session, profile, &log))
 }
 
 async fn start(vm: &ProjectVm) -> anyhow::Result<VmState> {

@@ -157,7 +157,13 @@ pub struct Kbuild {
 
 impl Kbuild {
     pub fn run(&self, args: &[&str]) -> Output {
+        self.run_with_env(args, &[])
+    }
+
+    /// Runs kbuild with extra environment variables, such as a PATH.
+    pub fn run_with_env(&self, args: &[&str], env: &[(&str, &std::ffi::OsStr)]) -> Output {
         let output = Command::new(env!("CARGO_BIN_EXE_kbuild"))
+            .envs(env.iter().copied())
             .arg("--project")
             .arg(&self.project)
             .args(args)
@@ -182,4 +188,43 @@ impl Kbuild {
         );
         output
     }
+}
+
+/// Checks a `kbuild run` JSON report against docs/run-report.schema.json and
+/// reads the JUnit file with junitparser (tests/support/check_reports.py),
+/// then returns the report and the JUnit summary. Needs Debian's
+/// python3-jsonschema and python3-junitparser, which .ci/run installs.
+pub fn check_reports(report: &Path, junit: &Path) -> (serde_json::Value, serde_json::Value) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let output = Command::new("/usr/bin/python3")
+        .arg(root.join("tests/support/check_reports.py"))
+        .arg(root.join("docs/run-report.schema.json"))
+        .arg(report)
+        .arg(junit)
+        .output()
+        .expect("starting /usr/bin/python3 (apt-get install python3)");
+    assert!(
+        output.status.success(),
+        "the reports do not pass their checks:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let summary = serde_json::from_slice(&output.stdout).expect("summary JSON");
+    let text = std::fs::read_to_string(report).expect("reading the JSON report");
+    (serde_json::from_str(&text).expect("report JSON"), summary)
+}
+
+/// Returns the status of each step in a report, as `name=status` in order.
+pub fn step_statuses(report: &serde_json::Value) -> Vec<String> {
+    report["steps"]
+        .as_array()
+        .expect("steps array")
+        .iter()
+        .map(|step| {
+            format!(
+                "{}={}",
+                step["name"].as_str().unwrap(),
+                step["status"].as_str().unwrap()
+            )
+        })
+        .collect()
 }

@@ -1,3 +1,4 @@
+#![allow(dead_code)]
 //! The Debian 12 test VM shared by the end-to-end tests. The image comes from
 //! scripts/build-test-image.sh (cached) and is served gzip-compressed, with a
 //! sums file, from an HTTP server on 127.0.0.1. A profile points at it, and a
@@ -10,6 +11,7 @@ use std::process::Command;
 use sha2::{Digest, Sha256};
 
 use crate::http_server::HttpServer;
+use crate::support::Kbuild;
 
 pub const IMAGE: &str = "debian-12-kbuild-test.qcow2";
 
@@ -115,4 +117,51 @@ pub fn serve_image(work: &Path) -> HttpServer {
     server.serve_file(&format!("/{IMAGE}.gz"), gz);
     server.serve_file("/SHA256SUMS", sums);
     server
+}
+
+/// A project folder whose VM runs the test image.
+pub struct VmProject {
+    pub kbuild: Kbuild,
+    pub dir: PathBuf,
+    _guard: VmGuard,
+}
+
+/// Writes a project for `tree` whose VM is the test image, with `disk_gib` of disk.
+pub fn vm_project(work: &Path, server: &HttpServer, disk_gib: u32, memory_mib: u32) -> VmProject {
+    let dir = work.join("project");
+    let tree = crate::support::work_tree(&work.join("linux"));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("test-profile.toml"),
+        profile_text(server, disk_gib, memory_mib),
+    )
+    .unwrap();
+    let init = Command::new(env!("CARGO_BIN_EXE_kbuild"))
+        .args(["init", "--name", "kbuild_add", "--dir"])
+        .arg(&dir)
+        .arg("--source")
+        .arg(&tree)
+        .output()
+        .unwrap();
+    assert!(init.status.success(), "{}", text(&init.stderr));
+    set_vm_section(&dir, "config = \"tinyconfig\"\n");
+    let home = work.join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    VmProject {
+        kbuild: Kbuild {
+            project: dir.join("kbuild.toml"),
+            home,
+        },
+        _guard: VmGuard(dir.join(".kbuild/vm")),
+        dir,
+    }
+}
+
+/// Replaces the project's [vm] profile line with the test profile and `extra`.
+pub fn set_vm_section(dir: &Path, extra: &str) {
+    let path = dir.join("kbuild.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let start = text.find("profile = ").expect("no [vm] profile line");
+    let replaced = format!("{}profile = \"test-profile.toml\"\n{extra}", &text[..start]);
+    std::fs::write(&path, replaced).unwrap();
 }
