@@ -13,6 +13,7 @@ Exit codes:
   2   usage or configuration error (command line, kbuild.toml, kernel tree)
   3   build failed (kernel configuration or compilation)
   69  infrastructure failure (QEMU missing, the kernel or VM did not boot, timeout)
+  130 kbuild run was interrupted (SIGINT or SIGTERM); its reports name the step
 
 Environment:
   KBUILD_LOG        log filter for tracing output on stderr, for example `debug`
@@ -61,7 +62,7 @@ pub enum Command {
     Down(DownArgs),
     /// Stop the VM and delete it with its disk; the cached image stays
     Destroy,
-    /// Run every step (up, patch, build, install, reboot, verify), skipping steps still valid
+    /// Run every step from the VM image to the checks, skipping the steps still valid
     #[command(after_help = crate::run::STEPS_HELP)]
     Run(RunArgs),
     /// Check the host: QEMU, KVM, VirtualBox, free disk, compilers and build tools

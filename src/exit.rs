@@ -15,6 +15,8 @@ pub enum ExitCode {
     BuildFailed = 3,
     /// A host tool or the VM failed: QEMU missing, the kernel did not boot, a timeout.
     Infrastructure = 69,
+    /// SIGINT or SIGTERM stopped `kbuild run`; its reports name the step.
+    Interrupted = 130,
 }
 
 impl ExitCode {

@@ -19,6 +19,7 @@ pub mod patch;
 pub mod paths;
 pub mod profile;
 pub mod project;
+pub mod process_tree;
 pub mod provision;
 pub mod run;
 pub mod source;

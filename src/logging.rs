@@ -15,6 +15,7 @@ pub fn init(verbose: u8, quiet: bool) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_target(false)
+        .with_ansi(crate::ui::is_interactive())
         .without_time()
         .try_init();
 }

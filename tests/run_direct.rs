@@ -88,7 +88,7 @@ fn direct_run_resumes_after_a_fixed_build_failure() {
     assert_eq!(json["test"]["verdict"], "not_run");
     let reproducer = json["reproducer"].to_string();
     assert!(
-        reproducer.contains("run --direct --from build"),
+        reproducer.contains("run --direct --accel tcg --from build"),
         "{reproducer}"
     );
     assert!(

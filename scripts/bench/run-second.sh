@@ -59,7 +59,7 @@ peak_kib() {
 
 # A second run that ran a step would not measure what it claims.
 check_all_valid() {
-  "$kbuild" "${project[@]}" run "$@" 2>&1 | grep -q '(0 steps ran' ||
+  "$kbuild" "${project[@]}" run "$@" 2>&1 | grep -q '(steps run: 0,' ||
     { echo "a repeated run still ran steps; see $work/bench.log" >&2; exit 1; }
 }
 

@@ -98,6 +98,9 @@ where
     let mut child = command
         .spawn()
         .map_err(|error| spawn_error(&command, error))?;
+    // kill_on_drop stops make alone; when this future is dropped (a step
+    // timeout), the guard also stops the sub-makes and compilers.
+    let tree = crate::process_tree::TreeGuard::new(child.id());
     // The command holds the pipe's write ends. Dropping them lets the reader see
     // end of file when the child exits.
     drop(command);
@@ -107,6 +110,7 @@ where
         .wait()
         .await
         .with_context(|| format!("waiting for {command_line}"))?;
+    tree.disarm();
     copier
         .await
         .context("joining the make output reader")?

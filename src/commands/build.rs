@@ -58,6 +58,6 @@ pub(super) fn point_at_template(project: &Project, error: anyhow::Error) -> anyh
     let template = crate::template::describe(&project.syscall.template);
     error.context(format!(
         "the errors are in {generated}, which kbuild generates from template {template}; \
-         fix the template, then run `kbuild patch-and-build`"
+         fix the template, then run `kbuild patch-and-build` (or `kbuild run` again)"
     ))
 }

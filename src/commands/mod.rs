@@ -70,13 +70,17 @@ pub fn run(cli: Cli) -> i32 {
             return ExitCode::Infrastructure.code();
         }
     };
-    match runtime.block_on(dispatch(cli)) {
+    let code = match runtime.block_on(dispatch(cli)) {
         Ok(code) => code,
         Err(CommandError { error, phase }) => {
             ui::error(&error);
             exit_code_of(&error, phase).code()
         }
-    }
+    };
+    // A blocking reader of a killed build may still be draining its pipe;
+    // the exit code is known, so do not wait for it.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+    code
 }
 
 /// Runs the command and returns the process exit status.
@@ -93,8 +97,11 @@ async fn dispatch(cli: Cli) -> Result<i32, CommandError> {
         Command::Ssh(args) => return vm::ssh(&load(path)?, &args).await,
         Command::Down(args) => vm::down(&load(path)?, &args).await,
         Command::Destroy => vm::destroy(&load(path)?).await,
-        Command::Run(args) => run::run(&load(path)?, &args).await,
-        Command::Doctor(args) => doctor::run(optional_project(path), &args).await,
+        Command::Run(args) => match load(path.clone()) {
+            Ok(project) => run::run(&project, &args).await,
+            Err(error) => run::failed_to_load(path.as_deref(), &args, error),
+        },
+        Command::Doctor(args) => doctor::run(optional_project(path)?, &args).await,
     }?;
     Ok(code.code())
 }
@@ -108,7 +115,23 @@ fn load(path: Option<PathBuf>) -> Result<Project, CommandError> {
     Project::load(&path).phase(ExitCode::Usage)
 }
 
-/// The project when one is named or found, for commands that also work without one.
-fn optional_project(path: Option<PathBuf>) -> Option<Project> {
-    load(path).ok()
+/// Returns the project for commands that also work without one. A project
+/// named with --project must load. A project found in this folder or a
+/// parent that does not load gets a warning and is left out.
+fn optional_project(path: Option<PathBuf>) -> Result<Option<Project>, CommandError> {
+    if path.is_some() {
+        return load(path).map(Some);
+    }
+    let Ok(found) = Project::find(&PathBuf::from(".")) else {
+        return Ok(None);
+    };
+    match Project::load(&found) {
+        Ok(project) => Ok(Some(project)),
+        Err(error) => {
+            ui::warn(format!(
+                "{error:#}; checking the host without the project's folders"
+            ));
+            Ok(None)
+        }
+    }
 }

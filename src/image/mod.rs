@@ -265,3 +265,33 @@ fn publish_disk(chosen: &Path, disk: &Path) -> anyhow::Result<()> {
     cache::write_record(disk, &digests.sha256)?;
     cache::publish(chosen, disk)
 }
+
+/// The error for a URL with a user name or password: kbuild prints URLs in
+/// status lines, errors and reports, so it takes none. The message does not
+/// repeat the URL.
+pub const CREDENTIALS_IN_URL: &str = "contains a user name or password, which kbuild would print \
+     in logs and reports; serve the file without credentials, or download it yourself and give \
+     its local path";
+
+/// Returns true when an http(s) URL carries `user[:password]@` before its host.
+pub fn has_credentials(url: &str) -> bool {
+    let Some((_, rest)) = url.split_once("://") else {
+        return false;
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    authority.contains('@')
+}
+
+#[cfg(test)]
+mod credential_tests {
+    use super::has_credentials;
+
+    #[test]
+    fn has_credentials_finds_userinfo_only() {
+        assert!(has_credentials("https://user:secret@host/linux.tar.xz"));
+        assert!(has_credentials("http://token@127.0.0.1:8080/x"));
+        assert!(!has_credentials("https://host/path/with@sign.tar.xz"));
+        assert!(!has_credentials("https://host/x?mail=a@b"));
+        assert!(!has_credentials("/usr/src/linux-source-6.1.tar.xz"));
+    }
+}

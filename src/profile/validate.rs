@@ -138,6 +138,12 @@ impl Checker<'_> {
                     format!("URL {url:?} is not http:// or https://"),
                 );
             }
+            if crate::image::has_credentials(url) {
+                return self.reject(
+                    &image.urls.span(),
+                    format!("an image URL {}", crate::image::CREDENTIALS_IN_URL),
+                );
+            }
         }
         let checksum = match (&image.checksum, &image.checksum_url) {
             (Some(_), Some(url)) => {

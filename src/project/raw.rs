@@ -85,7 +85,9 @@ pub struct RawVm {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawRun {
-    pub timeouts: Option<std::collections::BTreeMap<String, Spanned<u64>>>,
+    /// Any TOML value, so that a string or a negative number gets kbuild's
+    /// own message rather than serde's.
+    pub timeouts: Option<std::collections::BTreeMap<String, Spanned<toml::Value>>>,
 }
 
 fn default_template() -> Spanned<String> {

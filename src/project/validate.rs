@@ -332,6 +332,12 @@ impl Checker<'_> {
                 arch,
             });
         }
+        if crate::image::has_credentials(text) {
+            return self.reject(
+                &source.span(),
+                format!("kernel source URL {}", crate::image::CREDENTIALS_IN_URL),
+            );
+        }
         let sha256 =
             match &raw.kernel.sha256 {
                 Some(value) if is_sha256(value.get_ref()) => value.get_ref().to_ascii_lowercase(),
@@ -466,13 +472,19 @@ impl Checker<'_> {
                     ),
                 );
             };
-            if *seconds.get_ref() == 0 {
-                return self.reject(
-                    &seconds.span(),
-                    format!("[run.timeouts] {name} must be at least 1 second"),
-                );
-            }
-            timeouts.insert(step, Duration::from_secs(*seconds.get_ref()));
+            let value = match seconds.get_ref() {
+                toml::Value::Integer(value) if *value >= 1 => *value as u64,
+                other => {
+                    return self.reject(
+                        &seconds.span(),
+                        format!(
+                            "[run.timeouts] {name} = {other} is invalid; give a whole number of \
+                             seconds, at least 1"
+                        ),
+                    )
+                }
+            };
+            timeouts.insert(step, Duration::from_secs(value));
         }
         Ok(RunSpec { timeouts })
     }
@@ -538,8 +550,20 @@ source = "linux"
         let unknown = parse_error(&format!("{GOOD}\n[run.timeouts]\ncompile = 600\n"));
         assert!(unknown.contains("no step \"compile\""), "{unknown}");
         assert!(unknown.contains("image, vm, deps"), "{unknown}");
-        let zero = parse_error(&format!("{GOOD}\n[run.timeouts]\nbuild = 0\n"));
-        assert!(zero.contains("build must be at least 1 second"), "{zero}");
+        for bad in ["0", "-5", "\"1h\"", "1.5"] {
+            let message = parse_error(&format!("{GOOD}\n[run.timeouts]\nbuild = {bad}\n"));
+            assert!(
+                message.contains("whole number of seconds"),
+                "{bad}: {message}"
+            );
+        }
+        let hash = "a".repeat(64);
+        let secret = parse_error(&GOOD.replace(
+            "source = \"linux\"",
+            &format!("source = \"https://user:s3cret@h/linux.tar.xz\"\nsha256 = \"{hash}\""),
+        ));
+        assert!(secret.contains("user name or password"), "{secret}");
+        assert!(!secret.contains("s3cret"), "{secret}");
     }
 
     #[test]

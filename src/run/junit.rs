@@ -14,7 +14,7 @@ pub fn render(report: &Report) -> String {
         let body = match step.status {
             StepStatus::Passed | StepStatus::Skipped => Body::Out(step.reason.clone()),
             StepStatus::NotRun => Body::Skipped(step.reason.clone()),
-            StepStatus::Failed | StepStatus::TimedOut => {
+            StepStatus::Failed | StepStatus::TimedOut | StepStatus::Interrupted => {
                 let message = step.error.clone().unwrap_or_else(|| step.reason.clone());
                 let mut text = message.clone();
                 if let Some(log) = &step.log {
@@ -23,7 +23,7 @@ pub fn render(report: &Report) -> String {
                 if let Some(tail) = &report.console_tail {
                     text.push_str(&format!("\nconsole:\n{tail}"));
                 }
-                if broken || step.status == StepStatus::TimedOut {
+                if broken || step.status != StepStatus::Failed {
                     Body::Error(first_line(&message), text)
                 } else {
                     Body::Failure(first_line(&message), text)
@@ -54,6 +54,17 @@ pub fn render(report: &Report) -> String {
             name: check.name.clone(),
             seconds: 0.0,
             body,
+        });
+    }
+    if cases.is_empty() {
+        // The run stopped before its first step (a project file that does
+        // not load): one error case, so that CI shows why.
+        let message = report.error.clone().unwrap_or_default();
+        cases.push(Case {
+            class: "kbuild.steps",
+            name: "project".to_string(),
+            seconds: 0.0,
+            body: Body::Error(first_line(&message), message),
         });
     }
     document(report, &cases)

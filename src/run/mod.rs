@@ -95,7 +95,7 @@ impl Step {
             Step::Deps => "install the build dependencies in the VM",
             Step::Source => "find or download and unpack the kernel source",
             Step::Patch => "add the syscall to the tree",
-            Step::Build => "build the kernel (for the VM: then send it there)",
+            Step::Build => "build the kernel; a VM run sends it to the VM",
             Step::Install => "install the kernel in the VM and arm a one-time boot entry",
             Step::Reboot => "reboot the VM into the new kernel",
             Step::Verify => "run the checks (with --direct: boot the kernel in QEMU first)",
@@ -118,7 +118,7 @@ Steps (default timeout; change it under [run.timeouts] in kbuild.toml):
   deps     30m  install the build dependencies in the VM
   source   30m  find or download and unpack the kernel source
   patch    2m   add the syscall to the tree
-  build    4h   build the kernel (for the VM: then send it there)
+  build    4h   build the kernel; a VM run sends it to the VM
   install  20m  install the kernel in the VM and arm a one-time boot entry
   reboot   15m  reboot the VM into the new kernel
   verify   15m  run the checks (with --direct: boot the kernel in QEMU first)

@@ -66,12 +66,31 @@ impl Records {
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
                 return Ok(Records::empty())
             }
-            Err(error) => return Err(error).with_context(|| format!("reading {}", path.display())),
+            Err(error) => {
+                return Err(error).with_context(|| {
+                    format!(
+                        "reading run records {}; remove it, and the next run starts over",
+                        path.display()
+                    )
+                })
+            }
         };
         match serde_json::from_str::<Records>(&text) {
             Ok(records) if records.version == FORMAT_VERSION => Ok(records),
-            _ => {
-                tracing::warn!(path = %path.display(), "run records unreadable; starting over");
+            Ok(records) => {
+                crate::ui::warn(format!(
+                    "run records {} have format {} (this kbuild writes {FORMAT_VERSION}); \
+                     every step runs again",
+                    path.display(),
+                    records.version
+                ));
+                Ok(Records::empty())
+            }
+            Err(error) => {
+                crate::ui::warn(format!(
+                    "run records {} are damaged ({error}); every step runs again",
+                    path.display()
+                ));
                 Ok(Records::empty())
             }
         }
@@ -137,11 +156,14 @@ impl Fingerprint {
         }
     }
 
-    /// Adds an earlier step's record: its fingerprint and what it produced.
+    /// Adds an earlier step's record: its fingerprint and what it produced,
+    /// except its log file, whose name changes with every run of the step.
     pub fn add_record(&mut self, step: Step, record: Option<&StepRecord>) -> &mut Fingerprint {
         match record {
             Some(record) => {
-                let produced = serde_json::to_string(&record.produced).unwrap_or_default();
+                let mut produced = record.produced.clone();
+                produced.remove("log");
+                let produced = serde_json::to_string(&produced).unwrap_or_default();
                 self.add(step.name(), &record.fingerprint);
                 self.add(step.name(), produced)
             }

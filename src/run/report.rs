@@ -23,6 +23,8 @@ pub enum StepStatus {
     Skipped,
     Failed,
     TimedOut,
+    /// SIGINT or SIGTERM stopped it.
+    Interrupted,
     /// An earlier step failed, or `--only` left it out.
     NotRun,
 }
@@ -51,7 +53,8 @@ pub struct Kernel {
 
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct TestResult {
-    pub expected: i64,
+    /// `[test] expect`; `None` when the project file did not load.
+    pub expected: Option<i64>,
     pub actual: Option<i64>,
     /// The errno name of a negative value, such as `ENOSYS`.
     pub errno: Option<String>,
@@ -99,13 +102,28 @@ impl Report {
     }
 }
 
-/// Writes `contents` to `path`, creating its folder.
+/// Writes `contents` to `path` through a temporary file and a rename,
+/// creating its folder. The file is readable by all (0644), like a file a
+/// shell redirect makes, so a CI upload step running as another user can
+/// read it.
 pub fn write_file(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
-    if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    crate::build::write_atomically(path, contents)
-        .with_context(|| format!("writing report {}", path.display()))
+    use std::os::unix::fs::PermissionsExt;
+    let dir = match path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
+        Some(dir) => dir,
+        None => Path::new("."),
+    };
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut file = tempfile::NamedTempFile::new_in(dir)
+        .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
+    std::io::Write::write_all(&mut file, contents)
+        .with_context(|| format!("writing report {}", path.display()))?;
+    file.as_file()
+        .set_permissions(std::fs::Permissions::from_mode(0o644))
+        .with_context(|| format!("setting the mode of report {}", path.display()))?;
+    file.persist(path)
+        .map_err(|error| error.error)
+        .with_context(|| format!("writing report {}", path.display()))?;
+    Ok(())
 }
 
 /// Formats a time as RFC 3339 in UTC, to the second.

@@ -2,7 +2,9 @@
 //! still valid, with one line per step, per-step timeouts, and the JSON and
 //! JUnit reports a CI system reads.
 
+mod interrupt;
 mod outcome;
+mod preflight;
 mod steps;
 
 use std::time::{Duration, Instant, SystemTime};
@@ -24,6 +26,9 @@ const STOP_GRACE: Duration = Duration::from_secs(60);
 
 pub async fn run(project: &Project, args: &RunArgs) -> CommandResult {
     let selection = selection(args)?;
+    preflight::prepare_reports(project, args)?;
+    let _lock = preflight::lock(project)?;
+    let mut interrupt = interrupt::listen();
     let path = Records::path(&project.state_dir(), args.direct);
     if args.fresh {
         match std::fs::remove_file(&path) {
@@ -65,13 +70,21 @@ pub async fn run(project: &Project, args: &RunArgs) -> CommandResult {
             (_, _, Some(error)) => {
                 let code = exit_code_of(&error.error, error.phase);
                 ui::error(&error.error);
-                reports.push(failed(step, timeout, 0.0, &error.error, StepStatus::Failed));
+                let why = "its inputs could not be read".to_string();
+                reports.push(failed(
+                    step,
+                    timeout,
+                    0.0,
+                    &error.error,
+                    StepStatus::Failed,
+                    why,
+                ));
                 failure = Some((step, error.error, code));
                 continue;
             }
             (Plan::Keep, Some(record), _) => {
                 steps.remember(step, record);
-                reports.push(kept(step, timeout, record, "left alone by --only"));
+                reports.push(not_run(step, timeout, "left alone by --only".into()));
                 continue;
             }
             (Plan::Keep, None, _) => {
@@ -108,7 +121,10 @@ pub async fn run(project: &Project, args: &RunArgs) -> CommandResult {
         );
         let begun = Instant::now();
         let watchdog = Watchdog::arm(step, timeout);
-        let result = tokio::time::timeout(timeout, steps.run(step, timeout)).await;
+        let (result, signal) = tokio::select! {
+            result = tokio::time::timeout(timeout, steps.run(step, timeout)) => (result, None),
+            name = interrupt::received(&mut interrupt) => (Ok(Err(interrupted(name))), Some(name)),
+        };
         watchdog.disarm();
         let seconds = begun.elapsed().as_secs_f64();
         let timed_out = result.is_err();
@@ -178,12 +194,12 @@ pub async fn run(project: &Project, args: &RunArgs) -> CommandResult {
                     },
                 );
                 save(&records, &path);
-                let status = if timed_out {
-                    StepStatus::TimedOut
-                } else {
-                    StepStatus::Failed
+                let status = match (timed_out, signal) {
+                    (true, _) => StepStatus::TimedOut,
+                    (_, Some(_)) => StepStatus::Interrupted,
+                    _ => StepStatus::Failed,
                 };
-                reports.push(failed(step, timeout, seconds, &error, status));
+                reports.push(failed(step, timeout, seconds, &error, status, why));
                 failure = Some((step, error, code));
             }
         }
@@ -200,6 +216,31 @@ pub async fn run(project: &Project, args: &RunArgs) -> CommandResult {
             .map(|(step, error, code)| (*step, error, *code)),
     };
     Ok(finish.conclude(&mut steps))
+}
+
+/// Builds the error of a step stopped by a signal.
+fn interrupted(signal: &str) -> CommandError {
+    CommandError {
+        error: Failure::error(
+            ExitCode::Interrupted,
+            format!("{signal} received: the step was stopped"),
+        ),
+        phase: ExitCode::Interrupted,
+    }
+}
+
+/// Writes the reports of a run whose project file did not load, then
+/// returns the load error's exit code.
+pub fn failed_to_load(
+    path: Option<&std::path::Path>,
+    args: &RunArgs,
+    error: CommandError,
+) -> CommandResult {
+    let CommandError { error, phase } = error;
+    let code = exit_code_of(&error, phase);
+    ui::error(&error);
+    outcome::write_load_failure(path, args, &error, code);
+    Ok(code)
 }
 
 /// Reads `--from`, `--only` and `--fresh`, and checks that the step exists
@@ -298,11 +339,12 @@ fn failed(
     seconds: f64,
     error: &anyhow::Error,
     status: StepStatus,
+    why: String,
 ) -> StepReport {
     StepReport {
         name: step.name().to_string(),
         status,
-        reason: "the step failed".to_string(),
+        reason: why,
         duration_s: seconds,
         timeout_s: timeout.as_secs(),
         produced: Default::default(),

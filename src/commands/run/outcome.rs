@@ -46,7 +46,7 @@ impl Finish<'_> {
             None => ui::status(
                 "Passed",
                 format!(
-                    "{} in {} ({ran} steps ran, {skipped} still valid)",
+                    "{} in {} (steps run: {ran}, still valid: {skipped})",
                     self.project.syscall.name,
                     ui::seconds(self.elapsed)
                 ),
@@ -129,9 +129,57 @@ impl Finish<'_> {
     }
 }
 
+/// Writes the reports of a run that stopped before its first step because
+/// the project file did not load. Errors writing them are printed only.
+pub fn write_load_failure(
+    path: Option<&Path>,
+    args: &RunArgs,
+    error: &anyhow::Error,
+    code: ExitCode,
+) {
+    if args.report.is_none() && args.junit.is_none() {
+        return;
+    }
+    let report = Report {
+        schema: report::SCHEMA,
+        kbuild_version: env!("CARGO_PKG_VERSION"),
+        project: path.map_or_else(
+            || crate::project::FILE_NAME.to_string(),
+            |path| path.display().to_string(),
+        ),
+        mode: if args.direct { "direct" } else { "vm" },
+        started_at: report::timestamp(SystemTime::now()),
+        duration_s: 0.0,
+        status: "failed".into(),
+        exit_code: code.code(),
+        failed_step: None,
+        error: Some(format!("{error:#}")),
+        steps: Vec::new(),
+        kernel: Kernel::default(),
+        test: TestResult {
+            verdict: "not_run".into(),
+            ..TestResult::default()
+        },
+        checks: Vec::new(),
+        console_tail: None,
+        tools: Tools {
+            host: versions::host(),
+            ..Tools::default()
+        },
+        reproducer: Vec::new(),
+    };
+    if let Some(path) = &args.report {
+        write_or_warn(code, path, "JSON report", report.write(path));
+    }
+    if let Some(path) = &args.junit {
+        let written = report::write_file(path, junit::render(&report).as_bytes());
+        write_or_warn(code, path, "JUnit file", written);
+    }
+}
+
 fn test_result(project: &Project, steps: &Steps<'_>) -> TestResult {
     let mut result = TestResult {
-        expected: project.test.expect,
+        expected: Some(project.test.expect),
         verdict: "not_run".to_string(),
         ..TestResult::default()
     };
@@ -189,21 +237,38 @@ pub fn reproducer(project: &Project, args: &RunArgs, step: Step) -> Vec<String> 
         shell_quote(&project.path.display().to_string())
     );
     let direct = if args.direct { " --direct" } else { "" };
-    let mut commands = vec![format!("{base} run{direct} --from {step}")];
+    let mut options = String::new();
+    if let Some(accel) = args.accel {
+        options.push_str(&format!(" --accel {accel}"));
+    }
+    if let Some(jobs) = args.jobs {
+        options.push_str(&format!(" -j {jobs}"));
+    }
+    let in_guest = if args.in_guest { " --in-guest" } else { "" };
+    let mut commands = vec![format!(
+        "{base} run{direct}{in_guest}{options} --from {step}"
+    )];
     let build_flag = match (args.direct, args.in_guest) {
         (true, _) => "--no-vm",
         (false, true) => "--in-guest",
         (false, false) => "--on-host",
     };
+
+    let accel = args
+        .accel
+        .map_or_else(String::new, |accel| format!(" --accel {accel}"));
+    let jobs = args
+        .jobs
+        .map_or_else(String::new, |jobs| format!(" -j {jobs}"));
     let single = match step {
-        Step::Image | Step::Vm | Step::Deps => Some("up".to_string()),
-        Step::Source | Step::Patch => Some("patch".to_string()),
-        Step::Build | Step::Install => Some(format!("patch-and-build {build_flag}")),
-        Step::Reboot | Step::Verify => Some(format!("verify{direct}")),
+        Step::Image | Step::Vm | Step::Deps => format!("up{accel}"),
+        Step::Source | Step::Patch => "patch".to_string(),
+        Step::Build | Step::Install => format!("patch-and-build {build_flag}{jobs}"),
+        Step::Reboot => "verify".to_string(),
+        Step::Verify if args.direct => format!("verify --direct{accel}"),
+        Step::Verify => "verify".to_string(),
     };
-    if let Some(single) = single {
-        commands.push(format!("{base} {single}"));
-    }
+    commands.push(format!("{base} {single}"));
     commands
 }
 

@@ -103,8 +103,9 @@ impl<'a> Steps<'a> {
             .and_then(|values| values.get(name))
             .cloned()
             .ok_or_else(|| {
+                let direct = if self.direct { " --direct" } else { "" };
                 Failure::usage(format!(
-                    "step {step} has no record of its {name}; run `kbuild run --from {step}`"
+                    "step {step} has no record of its {name}; run `kbuild run{direct} --from {step}`"
                 ))
             })
             .phase(ExitCode::Usage)
