@@ -71,10 +71,10 @@ ssh_true() {
     -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null debian@127.0.0.1 true
 }
 
-# The same make command line as kbuild's build (default target included):
-# with another target, each side would relink what the other built.
+# The same make command line as kbuild's build (default target, no -s):
+# with another target or -s, each side would relink what the other built.
 make_noop() {
-  make -s -C "$work/linux" O="$work/project/build" ARCH=x86_64 "CC=ccache gcc" -j2
+  make -C "$work/linux" O="$work/project/build" ARCH=x86_64 "CC=ccache gcc" -j2
 }
 
 if [ "${BENCH_VM:-1}" = 1 ]; then
