@@ -72,7 +72,7 @@ ssh_true() {
 }
 
 # The same make command line as kbuild's build (default target, no -s):
-# with another target or -s, each side would relink what the other built.
+# with another target or -s, make rewrote bzImage on every call.
 make_noop() {
   make -C "$work/linux" O="$work/project/build" ARCH=x86_64 "CC=ccache gcc" -j2
 }
