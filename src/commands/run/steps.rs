@@ -111,6 +111,20 @@ impl<'a> Steps<'a> {
             .phase(ExitCode::Usage)
     }
 
+    /// Returns the syscall number the patch step recorded.
+    fn syscall_number(&self) -> Result<u32, CommandError> {
+        let text = self.value(Step::Patch, "number")?;
+        text.parse()
+            .map_err(|_| {
+                let direct = if self.direct { " --direct" } else { "" };
+                Failure::usage(format!(
+                    "the patch record has syscall number {text:?}, not a number; run \
+                     `kbuild run{direct} --from patch`"
+                ))
+            })
+            .phase(ExitCode::Usage)
+    }
+
     /// Returns a produced value that may be missing, such as the kernel release.
     pub fn optional(&self, step: Step, name: &str) -> Option<String> {
         self.produced.get(&step)?.get(name).cloned()
@@ -450,15 +464,7 @@ impl<'a> Steps<'a> {
                 "host"
             },
         };
-        let number: u32 = self
-            .value(Step::Patch, "number")?
-            .parse()
-            .map_err(|_| {
-                Failure::usage(
-                    "the patch record has no syscall number; run `kbuild run --from patch`",
-                )
-            })
-            .phase(ExitCode::Usage)?;
+        let number = self.syscall_number()?;
         let project = self.project;
         let guest = self.guest().await?;
         let log = vm_guest::install_staged(project, guest, &staged, number)?;
@@ -528,15 +534,7 @@ impl<'a> Steps<'a> {
     async fn verify_direct(&mut self) -> Result<Done, CommandError> {
         let project = self.project;
         let image = PathBuf::from(self.value(Step::Build, "image")?);
-        let number: u32 = self
-            .value(Step::Patch, "number")?
-            .parse()
-            .map_err(|_| {
-                Failure::usage(
-                    "the patch record has no syscall number; run `kbuild run --from patch`",
-                )
-            })
-            .phase(ExitCode::Usage)?;
+        let number = self.syscall_number()?;
         let options = DirectOptions {
             accel: self.accel,
             timeout: None,
