@@ -182,7 +182,7 @@ pub struct RunArgs {
     #[arg(long, value_name = "STEP", conflicts_with_all = ["only", "fresh"])]
     pub from: Option<String>,
 
-    /// Run only this step, whatever the records say
+    /// Run only this step, whatever the records contain
     #[arg(long, value_name = "STEP", conflicts_with = "fresh")]
     pub only: Option<String>,
 

@@ -137,7 +137,7 @@ pub fn manager_name(manager: PackageManager) -> &'static str {
 
 /// True when kbuild runs as root, so install commands need no `sudo`.
 pub fn running_as_root() -> bool {
-    // SAFETY: geteuid(2) takes no arguments and always succeeds.
+    // SAFETY: geteuid(2) takes no arguments, and its man page lists no errors.
     unsafe { libc::geteuid() == 0 }
 }
 

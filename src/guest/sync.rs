@@ -201,7 +201,7 @@ fn report(plan: &Plan, bytes_sent: u64, started: Instant) -> SyncReport {
 }
 
 /// Returns a digest of the tree's files (paths, sizes, mtimes, modes, link
-/// targets) as the sync sees them, without the folders in `skip`. Any added,
+/// targets) as the sync scans them, without the folders in `skip`. Any added,
 /// removed, resized or touched file changes it; `kbuild run` uses it to
 /// notice edits to the tree.
 pub fn tree_digest(tree: &Path, skip: &[std::path::PathBuf]) -> anyhow::Result<String> {

@@ -196,7 +196,7 @@ pub struct RunSpec {
 }
 
 impl RunSpec {
-    /// The step's timeout: the project's, else the default.
+    /// Returns the step's timeout: the project's, else the default.
     pub fn timeout(&self, step: crate::run::Step) -> std::time::Duration {
         self.timeouts
             .get(&step)

@@ -68,10 +68,11 @@ impl Step {
 
     /// Returns the time a step may take unless `[run.timeouts]` sets another.
     ///
-    /// The figures suit QEMU under TCG on 2 cores: the test guest boots to
-    /// SSH in 27-61 s alone and up to 170 s beside other VMs; a tinyconfig
-    /// build takes 3-10 minutes on the host; an in-guest build of a
-    /// distribution config takes hours, so the build gets four.
+    /// The figures suit QEMU under TCG on 2 cores. Measured here, the test
+    /// guest boots to SSH in 27-61 s alone and up to 170 s beside other VMs,
+    /// and a tinyconfig build takes 3-10 minutes on the host. An in-guest
+    /// build of a distribution config takes hours (an estimate), so the
+    /// build gets four.
     pub fn default_timeout(self) -> Duration {
         let seconds = match self {
             Step::Image => 3600,

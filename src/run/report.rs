@@ -53,7 +53,7 @@ pub struct Kernel {
 
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct TestResult {
-    /// `[test] expect`; `None` when the project file did not load.
+    /// The value of `[test] expect`, or `None` when the project file did not load.
     pub expected: Option<i64>,
     pub actual: Option<i64>,
     /// The errno name of a negative value, such as `ENOSYS`.

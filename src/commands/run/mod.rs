@@ -63,21 +63,21 @@ pub async fn run(project: &Project, args: &RunArgs) -> CommandResult {
         if let Some(&before) = index.checked_sub(1).and_then(|i| plan.get(i)) {
             fingerprint.add_record(before, records.get(before));
         }
-        let reason = steps.add_inputs(step, &mut fingerprint).err();
+        let input_error = steps.add_inputs(step, &mut fingerprint).err();
         let fingerprint = fingerprint.finish();
         let record = records.get(step).cloned();
-        let why = match (selection.plan(step), &record, reason) {
+        let cause = match (selection.plan(step), &record, input_error) {
             (_, _, Some(error)) => {
                 let code = exit_code_of(&error.error, error.phase);
                 ui::error(&error.error);
-                let why = "its inputs could not be read".to_string();
+                let cause = "its inputs could not be read".to_string();
                 reports.push(failed(
                     step,
                     timeout,
                     0.0,
                     &error.error,
                     StepStatus::Failed,
-                    why,
+                    cause,
                 ));
                 failure = Some((step, error.error, code));
                 continue;
@@ -117,7 +117,7 @@ pub async fn run(project: &Project, args: &RunArgs) -> CommandResult {
 
         ui::status(
             "Step",
-            format!("{step} ({position}): {}; {why}", step.summary()),
+            format!("{step} ({position}): {}; {cause}", step.summary()),
         );
         let begun = Instant::now();
         let watchdog = Watchdog::arm(step, timeout);
@@ -165,7 +165,7 @@ pub async fn run(project: &Project, args: &RunArgs) -> CommandResult {
                         "Failed",
                         format!("{step} after {}", ui::seconds(begun.elapsed())),
                     );
-                    let mut report = ran(step, timeout, seconds, &record, why);
+                    let mut report = ran(step, timeout, seconds, &record, cause);
                     report.status = StepStatus::Failed;
                     report.error = Some(error.to_string());
                     reports.push(report);
@@ -175,7 +175,7 @@ pub async fn run(project: &Project, args: &RunArgs) -> CommandResult {
                         "Done",
                         format!("{step} in {}", ui::seconds(begun.elapsed())),
                     );
-                    reports.push(ran(step, timeout, seconds, &record, why));
+                    reports.push(ran(step, timeout, seconds, &record, cause));
                 }
             }
             Err(error) => {
@@ -199,7 +199,7 @@ pub async fn run(project: &Project, args: &RunArgs) -> CommandResult {
                     (_, Some(_)) => StepStatus::Interrupted,
                     _ => StepStatus::Failed,
                 };
-                reports.push(failed(step, timeout, seconds, &error, status, why));
+                reports.push(failed(step, timeout, seconds, &error, status, cause));
                 failure = Some((step, error, code));
             }
         }
@@ -293,12 +293,12 @@ fn ran(
     timeout: Duration,
     seconds: f64,
     record: &StepRecord,
-    why: String,
+    cause: String,
 ) -> StepReport {
     StepReport {
         name: step.name().to_string(),
         status: StepStatus::Passed,
-        reason: why,
+        reason: cause,
         duration_s: seconds,
         timeout_s: timeout.as_secs(),
         produced: record.produced.clone(),
@@ -307,11 +307,11 @@ fn ran(
     }
 }
 
-fn kept(step: Step, timeout: Duration, record: &StepRecord, why: &str) -> StepReport {
+fn kept(step: Step, timeout: Duration, record: &StepRecord, cause: &str) -> StepReport {
     StepReport {
         name: step.name().to_string(),
         status: StepStatus::Skipped,
-        reason: format!("{why}; ran at {}", record.finished_at),
+        reason: format!("{cause}; ran at {}", record.finished_at),
         duration_s: 0.0,
         timeout_s: timeout.as_secs(),
         produced: record.produced.clone(),
@@ -320,11 +320,11 @@ fn kept(step: Step, timeout: Duration, record: &StepRecord, why: &str) -> StepRe
     }
 }
 
-fn not_run(step: Step, timeout: Duration, why: String) -> StepReport {
+fn not_run(step: Step, timeout: Duration, cause: String) -> StepReport {
     StepReport {
         name: step.name().to_string(),
         status: StepStatus::NotRun,
-        reason: why,
+        reason: cause,
         duration_s: 0.0,
         timeout_s: timeout.as_secs(),
         produced: Default::default(),
@@ -339,12 +339,12 @@ fn failed(
     seconds: f64,
     error: &anyhow::Error,
     status: StepStatus,
-    why: String,
+    cause: String,
 ) -> StepReport {
     StepReport {
         name: step.name().to_string(),
         status,
-        reason: why,
+        reason: cause,
         duration_s: seconds,
         timeout_s: timeout.as_secs(),
         produced: Default::default(),
